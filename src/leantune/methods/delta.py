@@ -1,0 +1,41 @@
+"""Saving methods that train a subset of the base weights (or add small modules of
+their own) as a *delta*: ``delta_config.json`` + ``delta.safetensors``.
+
+Only the trainable tensors are written, so a delta of a 135M model is a few MB.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import MethodError
+
+CONFIG_FILE = "delta_config.json"
+WEIGHTS_FILE = "delta.safetensors"
+
+
+def trainable_state(model: nn.Module) -> dict:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_delta(model: nn.Module, path: Path, method: dict, base_model: str | None = None) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model), path / WEIGHTS_FILE)
+    meta = {"method": method, "base_model": base_model, "format": "leantune-delta"}
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_delta(model: nn.Module, path: Path) -> None:
+    state = load_file(Path(path) / WEIGHTS_FILE)
+    own = dict(model.named_parameters())
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise MethodError(f"{path / WEIGHTS_FILE}: tensors {unknown[:5]} do not exist in this model")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise MethodError(f"{path / WEIGHTS_FILE}: {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+        own[k].data.copy_(v)

@@ -1,0 +1,39 @@
+"""Full fine-tuning: every parameter trains (Howard & Ruder 2018, ULMFiT; the baseline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import nn
+
+from .registry import Method, MethodConfig, register
+
+
+@register
+class Full(Method):
+    name = "full"
+    family = "specification"
+    mergeable = True
+    paper = "Howard & Ruder 2018, Universal Language Model Fine-tuning (arXiv:1801.06146)"
+    summary = "Train every weight. Best with ample data and memory; the reference the others are measured against."
+
+    class Config(MethodConfig):
+        pass
+
+    def apply(self, model: nn.Module, head: str) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        model.save_pretrained(path, safe_serialization=True)
+
+    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
+        files = sorted(Path(path).glob("*.safetensors"))
+        state = {}
+        for f in files:
+            state.update(load_file(f))
+        model.load_state_dict(state, strict=False)
+        return self.apply(model, head)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model

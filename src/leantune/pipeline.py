@@ -1,0 +1,186 @@
+"""One run, end to end: recipe → model → method → data → stage → engine → evaluation → run dir.
+
+The CLI, ``compare`` and the tests all call :func:`train`; nothing here prints
+except through the ``say`` callback.
+"""
+from __future__ import annotations
+
+import json
+import random
+import resource
+import shutil
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoConfig
+
+from .atomic import atomic_dir, atomic_write_text
+from .data.formats import FORMATS, load_examples
+from .errors import LeantuneError, RecipeError
+from .evaluation.generate import generate_answers
+from .methods.registry import build_method
+from .models.loading import count_parameters, load_model, load_tokenizer, resolve_model_path
+from .recipe import Recipe
+from .report.run_report import write_report
+from .stages.registry import build_stage
+from .training.engine import Engine, seed_everything
+
+RUN_META = "run.json"
+
+
+@dataclass
+class RunSummary:
+    name: str
+    run_dir: str
+    model: str
+    method: str
+    stage: str
+    trainable_params: int
+    total_params: int
+    train_examples: int
+    eval_examples: int
+    steps: int = 0
+    wall_time_s: float = 0.0
+    tokens_per_s: float = 0.0
+    precision: str = "fp32"
+    peak_memory_mb: float = 0.0
+    memory_kind: str = "peak RSS"
+    eval_before: dict | None = None
+    eval_after: dict | None = None
+    samples: list[tuple[str, str, str]] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_data_path(spec: str, base_dir: Path | None = None) -> Path:
+    """A data file: ``builtin:NAME`` (shipped with leantune), a path, or a path beside the recipe."""
+    if spec.startswith("builtin:"):
+        path = Path(str(resources.files("leantune") / "resources" / spec.removeprefix("builtin:")))
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists() and base_dir is not None and (base_dir / spec).exists():
+            path = base_dir / spec
+    return path
+
+
+def peak_memory_mb() -> tuple[float, str]:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "peak CUDA allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+
+
+def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
+    if not recipe.data.train:
+        raise RecipeError("recipe: data.train is required (a .jsonl/.json/.csv/.parquet file or builtin:NAME)")
+    skip = recipe.data.skip_invalid
+    train = load_examples(resolve_data_path(recipe.data.train, base_dir), recipe.data.format, skip_invalid=skip)
+    kind = FORMATS[train.format].kind
+    if kind not in stage.data_kinds:
+        fits = sorted(n for n, f in FORMATS.items() if f.kind in stage.data_kinds)
+        raise RecipeError(f"stage '{stage.name}' reads {', '.join(fits)} data; {recipe.data.train} is '{train.format}'")
+    if train.skipped:
+        say(f"[yellow]skipped {train.skipped} invalid row(s) of {train.path} (data.skip_invalid: true)")
+    examples = train.examples[: recipe.data.max_samples] if recipe.data.max_samples else train.examples
+    if not examples:
+        raise LeantuneError(f"{train.path}: no valid training examples")
+    if recipe.data.eval:
+        ev = load_examples(resolve_data_path(recipe.data.eval, base_dir), train.format, skip_invalid=skip)
+        if ev.skipped:
+            say(f"[yellow]skipped {ev.skipped} invalid row(s) of {ev.path}")
+        return examples, ev.examples
+    if recipe.data.eval_split and len(examples) >= 10:
+        order = list(range(len(examples)))
+        random.Random(recipe.train.seed).shuffle(order)
+        n_eval = max(1, round(recipe.data.eval_split * len(examples)))
+        held = set(order[:n_eval])
+        return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+    return examples, []
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+    run_dir = Path(recipe.output.dir) / recipe.run_name
+    if run_dir.exists() and not resume:
+        if not recipe.output.overwrite:
+            raise LeantuneError(
+                f"run directory {run_dir} already exists; continue it with --resume, "
+                f"replace it with output.overwrite=true, or choose output.name=…"
+            )
+        shutil.rmtree(run_dir)
+    if resume and (run_dir / RUN_META).is_file():
+        saved = Recipe.model_validate(json.loads((run_dir / RUN_META).read_text())["recipe"])
+        if saved.model_dump(exclude={"train": {"max_steps", "epochs"}}) != recipe.model_dump(
+                exclude={"train": {"max_steps", "epochs"}}):
+            raise LeantuneError(f"--resume: the recipe differs from the one {run_dir} was started with")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None, progress: bool = True,
+          say: Callable[[str], None] = lambda s: None) -> RunSummary:
+    seed_everything(recipe.train.seed)
+    stage = build_stage(recipe.stage)
+    method = build_method(recipe.method[0])
+    train_examples, eval_examples = load_data(recipe, stage, base_dir, say)
+
+    model_path = resolve_model_path(recipe.model.name)
+    tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
+    stage.head_name = stage.head(config.model_type, config.is_encoder_decoder)
+    data = stage.prepare(recipe, tokenizer, train_examples, eval_examples)
+    tok = data.info.get("tokenize", {})
+    if tok.get("truncated"):
+        say(f"[yellow]{tok['truncated']} training example(s) longer than train.max_length={recipe.train.max_length} were truncated")
+    if tok.get("dropped_empty"):
+        say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
+
+    run_dir = prepare_run_dir(recipe, resume)
+    model = load_model(model_path, stage.head_name, recipe.model.dtype, recipe.model.trust_remote_code,
+                       method.load_kwargs(), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
+    meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
+            "labels": data.labels}
+    atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+
+    eval_bs = recipe.eval.batch_size
+    prompts = recipe.eval.prompts if stage.head_name == "causal_lm" else []
+    before, answers_before = None, []
+    if recipe.eval.before and data.eval:
+        say("evaluating the base model …")
+        before = stage.evaluate(model, data.eval, eval_bs)
+    if prompts:
+        answers_before = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens)
+
+    model = method.apply(model, stage.head_name)
+    trainable, total = count_parameters(model)
+    say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
+                    evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
+                    after_backward=method.after_backward, progress=progress)
+    result = engine.fit(resume=resume)
+
+    after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}
+    answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
+                                     recipe.eval.max_new_tokens) if prompts else []
+    with atomic_dir(run_dir / "adapter") as tmp:
+        method.save(model, tmp)
+        tokenizer.save_pretrained(tmp)
+    peak, kind = peak_memory_mb()
+    summary = RunSummary(
+        name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,
+        method="+".join(m["name"] for m in recipe.method), stage=stage.name,
+        trainable_params=trainable, total_params=total, train_examples=len(data.train),
+        eval_examples=len(data.eval), steps=result.steps, wall_time_s=result.wall_time_s,
+        tokens_per_s=result.tokens_per_s, precision=engine.precision, peak_memory_mb=peak, memory_kind=kind,
+        eval_before=before, eval_after=after, samples=list(zip(prompts, answers_before or [""] * len(prompts),
+                                                              answers_after)),
+        history=result.history,
+    )
+    write_report(run_dir, summary.as_dict())
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
+    return summary

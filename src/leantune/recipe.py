@@ -1,0 +1,215 @@
+"""The recipe: one YAML file that describes one run, validated with pydantic.
+
+Every command reads this schema (or part of it). ``key=value`` overrides from
+the command line are applied before validation; unknown keys are errors that
+suggest the closest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeError
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(Section):
+    name: str = Field(description="Packaged name, local Hugging Face folder, run directory or hub id.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class DataSection(Section):
+    train: str | None = Field(None, description="Training file (.jsonl, .json, .csv, .parquet) or builtin:NAME.")
+    eval: str | None = Field(None, description="Evaluation file; if absent, `eval_split` of train is held out.")
+    format: str | None = Field(None, description="alpaca, sharegpt, messages, chatglm, prompt_completion, text, classification.")
+    eval_split: float = Field(0.1, ge=0.0, lt=1.0)
+    skip_invalid: bool = False
+    train_on_prompt: bool = False
+    template: str = Field("auto", description="Chat template: auto (the model's own, else chatml), chatml, plain.")
+    max_samples: int | None = Field(None, gt=0)
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Overrides epochs when set.")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_length: int = Field(512, gt=8)
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    logging_steps: int = Field(5, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (and always at the end).")
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0)
+
+
+class EvalSection(Section):
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(96, gt=0)
+    prompts: list[str] = Field(default_factory=list, description="Prompts answered before and after training.")
+    before: bool = Field(True, description="Also evaluate the untouched model before training.")
+
+
+class OutputSection(Section):
+    dir: str = "runs"
+    name: str | None = None
+    overwrite: bool = False
+
+
+class Recipe(Section):
+    """A whole run: model, method(s), data, stage, training, evaluation, output."""
+
+    model: ModelSection
+    method: list[dict[str, Any]] = Field(default_factory=lambda: [{"name": "lora"}])
+    stage: dict[str, Any] = Field(default_factory=lambda: {"name": "sft"})
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_shorthand(cls, v: Any) -> Any:
+        items = v if isinstance(v, list) else [v]
+        return [{"name": i} if isinstance(i, str) else i for i in items]
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @property
+    def run_name(self) -> str:
+        if self.output.name:
+            return self.output.name
+        methods = "+".join(m["name"] for m in self.method)
+        model = Path(self.model.name).name.replace("/", "-")
+        return f"{self.stage['name']}-{methods}-{model}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-4`` → (["train", "lr"], 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not of the form key.path=value (e.g. train.lr=1e-4)")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecipeError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` in the raw recipe dict, expanding shorthands."""
+    node: Any = raw
+    for i, key in enumerate(path[:-1]):
+        child = node.get(key) if isinstance(node, dict) else None
+        if isinstance(child, str):  # `method: lora` + `method.r=4` → {name: lora, r: 4}
+            child = {"name": child}
+        if isinstance(child, list) and len(child) == 1:  # single method given as list
+            child = child[0] if isinstance(child[0], dict) else {"name": child[0]}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        cls = field.annotation
+    return list(cls.model_fields)
+
+
+def format_validation_error(err: ValidationError, model_cls: type[BaseModel], source: str) -> str:
+    """Turn pydantic errors into lines naming the field, the problem, and a suggestion."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            hint = _suggest(str(loc[-1]), _fields_at(model_cls, loc))
+            lines.append(f"{source}: unknown key '{where}'.{hint}")
+        elif e["type"] == "literal_error":
+            allowed = e.get("ctx", {}).get("expected", "")
+            lines.append(f"{source}: {where}: got {e.get('input')!r}, allowed values: {allowed}")
+        else:
+            lines.append(f"{source}: {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                raw: dict[str, Any] | None = None) -> Recipe:
+    """Read a recipe file (or a dict), apply overrides, validate every section."""
+    source = str(path) if path else "recipe"
+    if raw is None:
+        if path is None:
+            raw = {}
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise RecipeError(f"{p}: recipe file not found")
+            try:
+                raw = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                line = f":{mark.line + 1}" if mark else ""
+                raise RecipeError(f"{p}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+            if not isinstance(raw, dict):
+                raise RecipeError(f"{p}: a recipe is a mapping of sections (model, method, data, …)")
+    raw = dict(raw)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, Recipe, source)) from None
+    from .methods.registry import validate_method_settings
+    from .stages.registry import validate_stage_settings
+
+    recipe.method = validate_method_settings(recipe.method, source)
+    recipe.stage = validate_stage_settings(recipe.stage, source)
+    return recipe

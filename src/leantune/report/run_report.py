@@ -1,0 +1,64 @@
+"""The run report: report.md with the figures a person checks first, and loss.png."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+
+
+def plot_curves(history: list[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in history if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, summary: dict) -> Path:
+    """``summary`` holds the run's figures (see pipeline.RunSummary.as_dict)."""
+    plot = plot_curves(summary.get("history", []), run_dir / "loss.png")
+    before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
+    lines = [
+        f"# Run `{summary['name']}`",
+        "",
+        f"- model: `{summary['model']}`; method: `{summary['method']}`; stage: `{summary['stage']}`",
+        f"- trainable parameters: {summary['trainable_params']:,} of {summary['total_params']:,} "
+        f"({100 * summary['trainable_params'] / max(summary['total_params'], 1):.3f}%)",
+        f"- steps: {summary['steps']}; wall time: {summary['wall_time_s']:.1f} s; "
+        f"tokens/s: {summary['tokens_per_s']:.0f}; precision: {summary['precision']}",
+        f"- peak memory: {summary['peak_memory_mb']:.0f} MB ({summary['memory_kind']})",
+        f"- training examples: {summary['train_examples']}; eval examples: {summary['eval_examples']}",
+        "",
+        "## Evaluation",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+    ]
+    for key in after:
+        b = before.get(key)
+        lines.append(f"| {key} | {'' if b is None else f'{b:.4f}'} | {after[key]:.4f} |")
+    if plot:
+        lines += ["", "![loss](loss.png)"]
+    for prompt, b, a in summary.get("samples", []):
+        lines += ["", f"### {prompt}", "", "**before**", "", b or "_(empty)_", "", "**after**", "", a or "_(empty)_"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(run_dir / "report.md", text)
+    atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=2))
+    return run_dir / "report.md"

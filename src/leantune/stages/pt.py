@@ -1,0 +1,62 @@
+"""Continued pretraining on unlabelled domain text (Gururangan et al. 2020, Don't Stop
+Pretraining, arXiv:2004.10964): causal LM for decoders, masked LM for encoders."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from ..data.collate import mask_tokens, pad_batch
+from ..data.tokenize import IGNORE, tokenize_for_mlm, tokenize_text_blocks
+from ..evaluation.lm import lm_loss_and_perplexity
+from ..training.losses import causal_lm_loss, causal_lm_token_losses, model_loss
+from .registry import PreparedData, Stage, StageConfig, register
+
+ENCODERS = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert"}
+
+
+@register
+class Pretrain(Stage):
+    name = "pt"
+    summary = "Continued pretraining on plain text: causal LM (decoders) or masked LM (encoders)."
+    data_kinds = ("text",)
+
+    class Config(StageConfig):
+        objective: Literal["auto", "clm", "mlm"] = "auto"
+        mlm_probability: float = Field(0.15, gt=0, lt=1)
+
+    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
+        mlm = self.config.objective == "mlm" or (self.config.objective == "auto" and model_type in ENCODERS)
+        return "masked_lm" if mlm else "causal_lm"
+
+    def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
+        self.tokenizer = tokenizer
+        self.mlm = self.head_name == "masked_lm"
+        n = recipe.train.max_length
+        if self.mlm:
+            train, stats = tokenize_for_mlm(train_examples, tokenizer, n)
+            evals, _ = tokenize_for_mlm(eval_examples, tokenizer, n)
+        else:
+            train, stats = tokenize_text_blocks(train_examples, tokenizer, n)
+            evals, _ = tokenize_text_blocks(eval_examples, tokenizer, n)
+        return PreparedData(train, evals, info={"tokenize": stats.__dict__})
+
+    def collate(self, features, generator: torch.Generator | None = None) -> dict:
+        batch = pad_batch(features, self.tokenizer.pad_token_id)
+        if self.mlm:
+            gen = generator if generator is not None else torch.Generator().manual_seed(0)
+            batch = mask_tokens(batch, self.tokenizer, self.config.mlm_probability, gen)
+        return batch
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return model_loss(model, batch) if self.mlm else causal_lm_loss(model, batch)
+
+    def evaluate(self, model, features, batch_size) -> dict[str, float]:
+        if self.mlm:  # fixed masking so that evaluations are comparable
+            def token_loss(m, b):
+                n = int((b["labels"] != IGNORE).sum())
+                return model_loss(m, b) * n, n
+        else:
+            token_loss = causal_lm_token_losses
+        return lm_loss_and_perplexity(model, features, batch_size, self.collate, token_loss)

@@ -1,0 +1,101 @@
+"""The stage registry: one training paradigm per stage.
+
+A stage owns the data format it reads, how examples become features, the loss,
+and its evaluation metrics; the shared engine runs the loop.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from ..errors import RecipeError
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass
+class PreparedData:
+    """Tokenized features plus what the stage learned about the data."""
+
+    train: list[dict]
+    eval: list[dict]
+    labels: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    data_kinds: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(self, config: StageConfig):
+        self.config = config
+
+    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
+        """The model head this stage trains (``causal_lm``, ``masked_lm``, ``seq_cls``…)."""
+        raise NotImplementedError
+
+    def prepare(self, recipe, tokenizer, train_examples: list[dict], eval_examples: list[dict]) -> PreparedData:
+        raise NotImplementedError
+
+    def collate(self, features: list[dict], generator: torch.Generator) -> dict:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, features: list[dict], batch_size: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
+STAGES: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    STAGES[cls.name] = cls
+    return cls
+
+
+def _load_builtin_stages() -> None:
+    from . import cls, pt, sft  # noqa: F401  (registration side effect)
+
+
+def get_stage_class(name: str) -> type[Stage]:
+    _load_builtin_stages()
+    if name not in STAGES:
+        close = difflib.get_close_matches(name, list(STAGES), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"unknown stage {name!r}.{hint} Available: {', '.join(sorted(STAGES))}")
+    return STAGES[name]
+
+
+def build_stage(spec: dict[str, Any], source: str = "recipe") -> Stage:
+    settings = dict(spec)
+    name = settings.pop("name", None)
+    if not name:
+        raise RecipeError(f"{source}: stage {spec!r} has no 'name'")
+    cls = get_stage_class(name)
+    try:
+        return cls(cls.Config.model_validate(settings))
+    except ValidationError as err:
+        from ..recipe import format_validation_error
+
+        raise RecipeError(format_validation_error(err, cls.Config, f"{source}: stage {name}")) from None
+
+
+def validate_stage_settings(spec: dict[str, Any], source: str) -> dict[str, Any]:
+    stage = build_stage(spec, source)
+    return {"name": stage.name, **stage.config.model_dump(mode="json")}
+
+
+def list_stages() -> list[type[Stage]]:
+    _load_builtin_stages()
+    return [STAGES[k] for k in sorted(STAGES)]
