@@ -10,13 +10,14 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import LeantuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models when data and compute are scarce.")
-data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate data files.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and export data files.")
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
@@ -33,6 +34,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*bitsandbytes.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def user_errors(fn):
@@ -42,7 +44,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LeantuneError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
     return wrapper
 
@@ -81,7 +83,7 @@ def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: boo
         summary = train(recipe, resume=resume, base_dir=base_dir, progress=sys.stderr.isatty(),
                         say=lambda m: console.print(m, highlight=False))
     except TrainingInterrupted as exc:
-        err_console.print(f"[yellow]{exc}")
+        err_console.print(f"[yellow]{escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     _print_summary(summary)
 
@@ -188,7 +190,10 @@ def models():
     from .models.catalog import PACKAGED, cache_dir
     from .models.gguf_cache import is_converted
 
-    table = Table("name", "architecture", "heads", "package", "installed", "size on disk", "cache", "description")
+    from rich.table import Column
+
+    name_col = Column("name", no_wrap=True, min_width=max(len(n) for n in PACKAGED))  # never truncated
+    table = Table(name_col, "architecture", "heads", "package", "installed", "size on disk", "cache", "description")
     for m in PACKAGED.values():
         src = m.source_path()
         installed = bool(src and src.exists())
@@ -242,10 +247,43 @@ def data_check(file: Path, format: Optional[str] = typer.Option(None, "--format"
     report = inspect_data(file, format, tokenizer)
     table = Table(show_header=False)
     for key, value in report.table_rows():
-        table.add_row(str(key), str(value))
+        table.add_row(escape(str(key)), escape(str(value)))
     console.print(table)
     lines = report.problem_lines()
     for line in lines:
-        console.print(f"[red]{line}", highlight=False)
+        console.print(f"[red]{escape(line)}", highlight=False, soft_wrap=True)
     if report.problems:
         raise typer.Exit(2)
+
+
+@data_app.command("export-builtin")
+@user_errors
+def data_export_builtin(
+        name: str = typer.Argument(..., help="20newsgroups-train, 20newsgroups-test or dialogs-english "
+                                             "(dialogs-LANGUAGE for the other ChatterBot languages)."),
+        out: Path = typer.Argument(..., help="Output .jsonl file."),
+        per_class: Optional[int] = typer.Option(None, "--per-class", min=1,
+                                                help="Keep K examples per label (20NG) or category (dialogs)."),
+        labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels/categories to keep."),
+        seed: int = typer.Option(0, "--seed", help="Seed for --per-class sampling.")):
+    """Write a built-in data set (installed from PyPI) to a .jsonl file for recipes."""
+    from .data import builtin
+
+    if name in ("20newsgroups-train", "20newsgroups-test"):
+        rows, key = builtin.newsgroups(name.rsplit("-", 1)[1]), "label"
+    elif name.startswith("dialogs-"):
+        rows, key = builtin.dialog_pairs(name.removeprefix("dialogs-")), "category"
+    else:
+        raise LeantuneError(f"unknown built-in data set {name!r}; one of 20newsgroups-train, "
+                            f"20newsgroups-test, dialogs-english")
+    if labels:
+        wanted = [x.strip() for x in labels.split(",") if x.strip()]
+        unknown = sorted(set(wanted) - {str(r[key]) for r in rows})
+        if unknown:
+            known = sorted({str(r[key]) for r in rows})
+            raise LeantuneError(f"{name}: unknown {key}(s) {unknown}; available: {', '.join(known)}")
+        rows = [r for r in rows if str(r[key]) in wanted]
+    if per_class:
+        rows = builtin.sample_per_class(rows, per_class, seed, label_key=key)
+    builtin.write_jsonl(rows, out)
+    console.print(f"wrote {len(rows)} rows to [bold]{out}[/]", highlight=False)

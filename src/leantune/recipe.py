@@ -136,6 +136,8 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node: Any = raw
     for i, key in enumerate(path[:-1]):
         child = node.get(key) if isinstance(node, dict) else None
+        if child is None and i == 0 and key in ("method", "stage"):  # `method.r=4` on the default method
+            child = Recipe.model_fields[key].get_default(call_default_factory=True)
         if isinstance(child, str):  # `method: lora` + `method.r=4` → {name: lora, r: 4}
             child = {"name": child}
         if isinstance(child, list) and len(child) == 1:  # single method given as list
@@ -149,7 +151,18 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# Names used by other tools (HF Trainer, PEFT) that spelling similarity cannot map to ours.
+ALIASES = {
+    "learning_rate": "lr", "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "target_modules": "targets", "use_dora": "dora", "use_rslora": "rslora", "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "scheduler", "max_seq_length": "max_length",
+}
+
+
 def _suggest(name: str, options: list[str]) -> str:
+    if ALIASES.get(name) in options:
+        return f" Did you mean {ALIASES[name]!r}?"
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
 

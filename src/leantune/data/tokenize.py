@@ -40,7 +40,8 @@ def assistant_spans(tokenizer, messages: list[dict], template: str) -> tuple[str
                 "the chat template renders a conversation's prefix differently from the whole, so the "
                 "response tokens cannot be located; set data.template: chatml (or plain)"
             )
-        spans.append((len(start_text), len(end_text)))
+        # the turn ends at its end marker; whitespace the template puts after it is not the response
+        spans.append((len(start_text), len(end_text.rstrip())))
     return full, spans
 
 

@@ -71,7 +71,12 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def _load_builtin_methods() -> None:
-    from . import full, freeze, lora, qlora  # noqa: F401  (registration side effect)
+    """Import every module of this package once: each registers its classes."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__ := [str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{info.name}")
 
 
 def get_method_class(name: str) -> type[Method]:

@@ -28,10 +28,12 @@ class Classification(Stage):
         self.pad_id = tokenizer.pad_token_id
         labels = self.config.labels or sorted({str(e["label"]) for e in train_examples})
         label_ids = {label: i for i, label in enumerate(labels)}
+        train_file = recipe.data.train or "data"
         unknown = [
-            Problem(recipe.data.eval or recipe.data.train or "data", e.get("line") or 0, "label",
+            Problem(file, e.get("line") or 0, "label",
                     f"label {e['label']!r} does not occur in the training labels {labels[:10]}")
-            for e in train_examples + eval_examples if str(e["label"]) not in label_ids
+            for file, examples in ((train_file, train_examples), (recipe.data.eval or train_file, eval_examples))
+            for e in examples if str(e["label"]) not in label_ids
         ]
         if unknown:
             raise DataValidationError(unknown)

@@ -6,6 +6,7 @@ and its evaluation metrics; the shared engine runs the loop.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -65,7 +66,12 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 
 def _load_builtin_stages() -> None:
-    from . import cls, pt, sft  # noqa: F401  (registration side effect)
+    """Import every module of this package once: each registers its classes."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__ := [str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{info.name}")
 
 
 def get_stage_class(name: str) -> type[Stage]:

@@ -72,10 +72,20 @@ def autocast_context(precision: str, device: torch.device):
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX).
+
+    oneDNN also "supports" bf16 on plain AVX-512 by emulation, which is several
+    times slower than fp32, so the CPU flags are read instead.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
         return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def batch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:

@@ -1,0 +1,163 @@
+"""Helpers shared by the benchmark scripts: machine facts, isolated workers, tables.
+
+Every benchmark compares leantune with the usual baseline *in one run* on the
+same machine, so results are only ever compared within one JSON file. The facts
+recorded here say what that machine was.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+VERSIONED = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes")
+
+
+def _cpuinfo() -> tuple[str, set[str], int]:
+    model, flags, physical = platform.processor() or "unknown", set(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags, 0
+    phys_id = core_id = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name":
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "physical id":
+            phys_id = value
+        elif key == "core id":
+            core_id = value
+            physical.add((phys_id, core_id))
+    return model, flags, len(physical)
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return _md.version(dist)
+    except _md.PackageNotFoundError:
+        return None
+
+
+def machine_facts() -> dict:
+    """What the numbers were measured on: CPU, cores, bf16/AMX flags, RAM, versions, date, commit."""
+    model, flags, physical = _cpuinfo()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    facts = {
+        "cpu_model": model,
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical or None,
+        "usable_cpus": affinity,
+        "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                              "amx_tile", "amx_bf16", "amx_int8")},
+        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "ram_gib": _mem_total_gib(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in VERSIONED},
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+    try:
+        import torch
+
+        facts["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return facts
+
+
+# --------------------------------------------------------------------------- measuring
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run_worker(script: Path, args: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run ``python script --worker …`` in a fresh process (separate RSS peak); return its JSON.
+
+    The worker prints one line ``RESULT <json>`` on stdout; everything else is
+    passed through to stderr so progress stays visible.
+    """
+    cmd = [sys.executable, str(script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    if proc.returncode != 0 or result is None:
+        tail = "\n".join((proc.stderr or "").splitlines()[-25:])
+        return {"error": f"worker exited with {proc.returncode}", "stderr_tail": tail}
+    return result
+
+
+def emit(result: dict) -> None:
+    """Worker side of :func:`run_worker`."""
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table (also readable in a terminal)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
