@@ -26,7 +26,7 @@ from .models.loading import count_parameters, load_model, load_tokenizer, resolv
 from .recipe import Recipe
 from .report.run_report import write_report
 from .stages.registry import build_stage
-from .training.engine import Engine, seed_everything
+from .training.engine import Engine, count_total_steps, seed_everything
 
 RUN_META = "run.json"
 
@@ -103,20 +103,25 @@ def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str],
     return examples, []
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+def check_run_dir(recipe: Recipe, resume: bool) -> Path:
+    """Refuse to clobber an existing run, or to resume one with a different recipe; creates nothing."""
     run_dir = Path(recipe.output.dir) / recipe.run_name
-    if run_dir.exists() and not resume:
-        if not recipe.output.overwrite:
-            raise LeantuneError(
-                f"run directory {run_dir} already exists; continue it with --resume, "
-                f"replace it with output.overwrite=true, or choose output.name=…"
-            )
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and not resume and not recipe.output.overwrite:
+        raise LeantuneError(
+            f"run directory {run_dir} already exists; continue it with --resume, "
+            f"replace it with output.overwrite=true, or choose output.name=…"
+        )
     if resume and (run_dir / RUN_META).is_file():
         saved = Recipe.model_validate(json.loads((run_dir / RUN_META).read_text())["recipe"])
         if saved.model_dump(exclude={"train": {"max_steps", "epochs"}}) != recipe.model_dump(
                 exclude={"train": {"max_steps", "epochs"}}):
             raise LeantuneError(f"--resume: the recipe differs from the one {run_dir} was started with")
+    return run_dir
+
+
+def create_run_dir(run_dir: Path, resume: bool) -> Path:
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -139,14 +144,9 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if tok.get("dropped_empty"):
         say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
 
-    run_dir = prepare_run_dir(recipe, resume)
+    run_dir = check_run_dir(recipe, resume)
     model = load_model(model_path, stage.head_name, recipe.model.dtype, recipe.model.trust_remote_code,
                        method.load_kwargs(), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
-    meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
-            "labels": data.labels}
-    atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-
     eval_bs = recipe.eval.batch_size
     prompts = recipe.eval.prompts if stage.head_name == "causal_lm" else []
     before, answers_before = None, []
@@ -156,7 +156,13 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if prompts:
         answers_before = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens)
 
+    method.set_total_steps(count_total_steps(len(data.train), recipe.train))
     model = method.apply(model, stage.head_name)
+    create_run_dir(run_dir, resume)
+    meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
+            "labels": data.labels}
+    atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     trainable, total = count_parameters(model)
     say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
     engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,

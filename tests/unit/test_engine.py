@@ -320,7 +320,7 @@ def test_resume_after_interrupt_matches_uninterrupted_with_warmup_and_decay(tiny
 
 # --------------------------------------------------------------------------- fast causal-LM loss
 
-def _batch(tok, stage_recipe, model_dir):
+def _batch(tok, stage_recipe):
     stage = build_stage(stage_recipe.stage)
     stage.head_name = "causal_lm"
     examples = load_examples(stage_recipe.data.train, "alpaca").examples[:3]
@@ -337,7 +337,7 @@ def test_causal_lm_loss_equals_model_loss(tiny_model_dir, tmp_path, arch, lora):
     model_dir = tiny_model_dir(arch)
     recipe = make_recipe(model_dir, tmp_path)
     tok = load_tokenizer(model_dir)
-    batch = _batch(tok, recipe, model_dir)
+    batch = _batch(tok, recipe)
     model = load_model(model_dir, "causal_lm", "float32")
     model.eval()
     with torch.no_grad():

@@ -342,11 +342,13 @@ def test_cls_unknown_eval_label_creates_no_run_dir(tiny_model_dir, tmp_path):
 
 def test_cls_unknown_train_label_names_the_train_file(tiny_model_dir, tmp_path):
     train_file, eval_file = write_data(tmp_path / "data", "classification")
-    recipe = make_recipe(tiny_model_dir("bert", head="seq_cls"), tmp_path, stage={"name": "cls", "labels": ["neg", "pos"]},
+    recipe = make_recipe(tiny_model_dir("bert", head="seq_cls"), tmp_path,
+                         stage={"name": "cls", "labels": ["neg", "pos"]},
                          fmt="classification", train_file=train_file, eval_file=eval_file)
     with pytest.raises(DataValidationError) as exc:
         train(recipe, progress=False)
     problems = {(p.file, p.line) for p in exc.value.problems}
     # 'neu' is every third row: lines 4, 7, … of each file (line 1 is the header)
-    assert problems == {(str(train_file), line) for line in range(4, 20, 3)} | {(str(eval_file), 4), (str(eval_file), 7)}
+    expected = {(str(train_file), line) for line in range(4, 20, 3)} | {(str(eval_file), 4), (str(eval_file), 7)}
+    assert problems == expected
     assert not (tmp_path / "runs").exists()

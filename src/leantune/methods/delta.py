@@ -17,20 +17,32 @@ CONFIG_FILE = "delta_config.json"
 WEIGHTS_FILE = "delta.safetensors"
 
 
-def trainable_state(model: nn.Module) -> dict:
+def trainable_state(model: nn.Module, names: list[str] | None = None) -> dict:
+    """The trainable tensors, or exactly the tensors ``names`` (a method's own parameters)."""
+    if names is not None:
+        own = dict(model.named_parameters())
+        missing = [n for n in names if n not in own]
+        if missing:
+            raise MethodError(f"parameters {missing[:5]} recorded by the method are no longer in the model")
+        return {n: own[n].detach().contiguous().cpu() for n in names}
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_delta(model: nn.Module, path: Path, method: dict, base_model: str | None = None) -> None:
+def save_delta(model: nn.Module, path: Path, method: dict, base_model: str | None = None,
+               names: list[str] | None = None) -> None:
+    """``names``: save only these parameters (a method's own, so methods compose); default: all trainable."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), path / WEIGHTS_FILE)
+    save_file(trainable_state(model, names), path / WEIGHTS_FILE)
     meta = {"method": method, "base_model": base_model, "format": "leantune-delta"}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def load_delta(model: nn.Module, path: Path) -> None:
+def load_delta(model: nn.Module, path: Path, expected: list[str] | None = None) -> None:
+    """Copy the saved tensors into ``model``; with ``expected``, every one of them must be there."""
     state = load_file(Path(path) / WEIGHTS_FILE)
+    if expected is not None and (absent := [k for k in expected if k not in state]):
+        raise MethodError(f"{path / WEIGHTS_FILE}: tensors {absent[:5]} of this method are missing from the file")
     own = dict(model.named_parameters())
     unknown = [k for k in state if k not in own]
     if unknown:

@@ -33,11 +33,17 @@ class Method:
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # True: ``apply`` returns a PEFT wrapper around the model; None: not declared (guessed, see wraps_model())
+    wraps_model: ClassVar[bool | None] = None
 
     def __init__(self, config: MethodConfig):
         self.config = config
 
     # ---- before loading
+    def set_total_steps(self, n: int) -> None:
+        """Told the number of optimizer steps before ``apply``, for methods whose schedule
+        depends on it (AdaLoRA's rank budget). Methods that need nothing ignore it."""
+
     def load_kwargs(self) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments the method needs (e.g. quantization)."""
         return {}
@@ -59,7 +65,8 @@ class Method:
 
     # ---- training hooks
     def after_backward(self, model: nn.Module, step: int) -> None:
-        """Called after each optimizer step's backward pass, before ``zero_grad``."""
+        """Called once per optimizer step, after ``optimizer.step()`` and before ``zero_grad``:
+        the step's gradients are still in ``.grad`` (AdaLoRA reads them)."""
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -88,8 +95,17 @@ def get_method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def build_method(spec: dict[str, Any], source: str = "recipe") -> Method:
-    """``{"name": "lora", "r": 4}`` → a configured ``LoRA`` instance."""
+def build_method(spec: dict[str, Any] | list[dict[str, Any]], source: str = "recipe") -> Method:
+    """``{"name": "lora", "r": 4}`` → a configured ``LoRA`` instance.
+
+    A list of several entries gives a ``Composite`` applying each in turn.
+    """
+    if isinstance(spec, list):
+        if len(spec) == 1:
+            return build_method(spec[0], source)
+        from .composite import Composite
+
+        return Composite([build_method(s, source) for s in spec], source)
     settings = dict(spec)
     name = settings.pop("name", None)
     if not name:
@@ -110,8 +126,25 @@ def validate_method_settings(specs: list[dict[str, Any]], source: str) -> list[d
         method = build_method(spec, source)
         out.append({"name": method.name, **method.config.model_dump(mode="json")})
     if len(out) > 1:
-        raise RecipeError(f"{source}: composing several methods ({', '.join(m['name'] for m in out)}) is not supported yet")
+        build_method(out, source)  # checks the combination (e.g. at most one PEFT-based method)
     return out
+
+
+def wraps_model(method: Method) -> bool:
+    """Whether ``apply`` wraps the model in a PeftModel: declared, or guessed from the
+    method's module importing PEFT's model-wrapping API."""
+    declared = type(method).wraps_model
+    if declared is not None:
+        return declared
+    import sys
+
+    for cls in type(method).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and any(getattr(v, "__module__", "").startswith("peft")
+                                      and getattr(v, "__name__", "") in ("get_peft_model", "PeftModel")
+                                      for v in vars(module).values()):
+            return True
+    return False
 
 
 def list_methods() -> list[type[Method]]:

@@ -106,6 +106,12 @@ def batch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group
     return batches
 
 
+def count_total_steps(n_features: int, cfg: TrainSection) -> int:
+    """Optimizer steps of a run: ``max_steps``, or the epochs' micro-batches over ``grad_accum``."""
+    micro_per_epoch = math.ceil(n_features / cfg.batch_size)
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+
+
 class Engine:
     def __init__(self, model: nn.Module, features: list[dict], cfg: TrainSection, run_dir: Path,
                  collate: Collate, loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None = None,
@@ -119,7 +125,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.lengths = [len(f["input_ids"]) for f in features]
         self.micro_per_epoch = math.ceil(len(features) / cfg.batch_size)
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
+        self.total_steps = count_total_steps(len(features), cfg)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._plans: dict[int, list[list[int]]] = {}
@@ -144,7 +150,14 @@ class Engine:
     def _truncate_metrics(self, step: int) -> list[dict]:
         if not self.metrics_path.exists():
             return []
-        kept = [r for r in map(json.loads, self.metrics_path.read_text().splitlines()) if r.get("step", 0) <= step]
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(record)
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(self.metrics_path)

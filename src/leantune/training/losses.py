@@ -27,6 +27,13 @@ def _uses_prompt_learning(model: nn.Module) -> bool:
     return any(getattr(c, "is_prompt_learning", False) for c in cfgs.values())
 
 
+def _adds_to_loss(model: nn.Module) -> bool:
+    """PEFT tuners whose forward adds a regulariser to ``outputs.loss`` (AdaLoRA's orthogonality
+    term): in training the model's own loss carries it; evaluation keeps the plain cross-entropy."""
+    cfgs = getattr(model, "peft_config", None) or {}
+    return model.training and any(getattr(c, "orth_reg_weight", 0) for c in cfgs.values())
+
+
 def _fast_path(lm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(backbone, output head) when logits are just head(hidden), with no scaling or capping."""
     cfg = getattr(lm, "config", None)
@@ -42,7 +49,7 @@ def _fast_path(lm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions."""
     labels = batch["labels"]
-    if _uses_prompt_learning(model) or (path := _fast_path(unwrap(model))) is None:
+    if _uses_prompt_learning(model) or _adds_to_loss(model) or (path := _fast_path(unwrap(model))) is None:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     backbone, head = path
     hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state

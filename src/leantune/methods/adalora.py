@@ -1,0 +1,101 @@
+"""AdaLoRA through PEFT: LoRA in SVD form, W' = W + P Λ Q, whose rank budget is moved during
+training to the weight matrices that matter most.
+
+Zhang et al. 2023, AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning
+(arXiv:2303.10512). Every target starts with rank init_r (P ∈ R^{out×r}, Λ = diag(E),
+Q ∈ R^{r×in}, E = 0 so the model starts unchanged); importance scores (smoothed |w·∂L/∂w|,
+EMA β1 / uncertainty β2) decide which singular values to zero, on a cubic schedule from
+the total budget init_r·n down to target_r·n between steps tinit and T − tfinal, every
+deltaT steps. An orthogonality penalty keeps P and Q near-orthogonal.
+
+The schedule needs the run's total optimizer steps T (``set_total_steps``, called by the
+pipeline before ``apply``) and ``update_and_allocate(step)`` after each optimizer step
+while the gradients are still present (``after_backward``; the engine calls it after
+``optimizer.step()`` and before ``zero_grad``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import AdaLoraConfig, PeftModel, get_peft_model
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..errors import MethodError
+from .lora import TASK_TYPES
+from .registry import Method, MethodConfig, register
+from .targets import resolve_targets
+
+
+@register
+class AdaLoRA(Method):
+    name = "adalora"
+    family = "reparameterization"
+    mergeable = True
+    paper = ("Zhang et al. 2023, AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning "
+             "(arXiv:2303.10512)")
+    summary = ("LoRA whose rank budget is reallocated to the most important matrices during training; "
+               "use it when one fixed LoRA rank for every layer is a poor fit.")
+
+    class Config(MethodConfig):
+        init_r: int = Field(12, ge=1, le=1024, description="Starting rank of every targeted matrix.")
+        target_r: int = Field(8, ge=1, le=1024, description="Average rank per matrix after budget allocation.")
+        tinit: int = Field(0, ge=0, description="Warm-up steps before the budget starts shrinking.")
+        tfinal: int = Field(0, ge=0, description="Final steps that fine-tune the fixed, allocated ranks.")
+        deltaT: int = Field(1, ge=1, description="Steps between two budget allocations.")
+        beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the importance (sensitivity) scores.")
+        beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of their uncertainty.")
+        orth_reg_weight: float = Field(0.5, ge=0, le=100, description="Weight of the orthogonality penalty on P, Q.")
+        alpha: float = Field(32, gt=0, description="Scale numerator: the update is multiplied by alpha / r.")
+        dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input of the update.")
+        targets: str | list[str] = Field("auto", description="auto (per-architecture), all-linear, or layer-name patterns.")
+
+        @model_validator(mode="after")
+        def _ranks(self):
+            if self.target_r > self.init_r:
+                raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
+            return self
+
+    def __init__(self, config: MethodConfig):
+        super().__init__(config)
+        self.total_steps: int | None = None
+
+    def set_total_steps(self, n: int) -> None:
+        self.total_steps = int(n)
+
+    def peft_config(self, model: nn.Module, head: str) -> AdaLoraConfig:
+        cfg = self.config
+        total = self.total_steps
+        if total is None:
+            raise MethodError("method 'adalora' needs the run's total optimizer steps before it is applied "
+                              "(Method.set_total_steps; the training pipeline does this)")
+        if cfg.tinit + cfg.tfinal >= total:
+            raise MethodError(
+                f"method 'adalora': tinit ({cfg.tinit}) + tfinal ({cfg.tfinal}) must be less than the run's "
+                f"{total} optimizer steps, or no step is left to reallocate the rank budget; lower them or "
+                f"train longer (train.max_steps / train.epochs)"
+            )
+        return AdaLoraConfig(
+            init_r=cfg.init_r, target_r=cfg.target_r, tinit=cfg.tinit, tfinal=cfg.tfinal, deltaT=cfg.deltaT,
+            beta1=cfg.beta1, beta2=cfg.beta2, orth_reg_weight=cfg.orth_reg_weight, total_step=total,
+            lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+            target_modules=resolve_targets(model, cfg.targets, self.name), task_type=TASK_TYPES.get(head),
+            fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+        )
+
+    def apply(self, model: nn.Module, head: str) -> nn.Module:
+        return get_peft_model(model, self.peft_config(model, head))
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+            model = model.module
+        model.base_model.update_and_allocate(step)
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        model.save_pretrained(path, safe_serialization=True)
+
+    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
+        return PeftModel.from_pretrained(model, path, is_trainable=False)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload()
