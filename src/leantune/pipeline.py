@@ -130,7 +130,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
           say: Callable[[str], None] = lambda s: None) -> RunSummary:
     seed_everything(recipe.train.seed)
     stage = build_stage(recipe.stage)
-    method = build_method(recipe.method[0])
+    method = build_method(recipe.method)  # several entries: a Composite
     train_examples, eval_examples = load_data(recipe, stage, base_dir, say)
 
     model_path = resolve_model_path(recipe.model.name)
@@ -167,7 +167,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
     engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
                     evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
-                    after_backward=method.after_backward, progress=progress)
+                    after_backward=method.after_backward, progress=progress,
+                    param_groups=method.param_groups)
     result = engine.fit(resume=resume)
 
     after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}

@@ -41,6 +41,7 @@ ARCHS = {  # label → (architecture, head)
     "bert-mlm": ("bert", "masked_lm"),
     "t5": ("t5", "seq2seq"),
 }
+ARCHS_BY_MODEL_TYPE = {"t5": "seq2seq"}
 N_VIRTUAL = 4
 ENC_HIDDEN = 16
 ADA_INIT_R, ADA_TARGET_R = 4, 2
@@ -109,8 +110,13 @@ def make_batch(label, seed=0):
 
 
 def logits(model, batch):
+    """Logits without computing a loss (seq2seq: teacher-forced on the shifted labels)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if ARCHS_BY_MODEL_TYPE.get(getattr(model.config, "model_type", "")) == "seq2seq":
+        start = torch.full_like(batch["labels"][:, :1], model.config.decoder_start_token_id)
+        inputs["decoder_input_ids"] = torch.cat([start, batch["labels"][:, :-1]], dim=1)
     with evaluating(model):
-        return model(**batch).logits.detach().clone()
+        return model(**inputs).logits.detach().clone()
 
 
 def train_step(model, batch, lr=1e-2):
@@ -311,6 +317,9 @@ def test_save_and_load_into_a_fresh_base(tiny_model_dir, tmp_path, name, label):
         assert config["prefix_projection"] is (name == "prefix_tuning")
     loaded = build_method(SPECS[name]).load(load_base(tiny_model_dir, label), tmp_path / "adapter", head)
     torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=1e-6)
+    with evaluating(loaded):  # a loaded adapter also computes its loss (evaluation)
+        assert torch.isfinite(loaded(**batch).loss)
+    assert trainable_count(loaded) == 0
     # and plain PEFT reads it too
     plain = PeftModel.from_pretrained(load_base(tiny_model_dir, label), tmp_path / "adapter")
     torch.testing.assert_close(logits(plain, batch), expected, rtol=0, atol=1e-6)
@@ -380,10 +389,11 @@ def test_ln_tuning_patterns_select_norms(tiny_model_dir):
     ({"name": "prefix_tuning", "encoder_hidden_size": 0}, "encoder_hidden_size"),
     ({"name": "p_tuning", "encoder": "gru"}, "encoder"),
     ({"name": "p_tuning", "encoder_dropout": 0.1}, "lstm"),
-    ({"name": "p_tuning_v2", "prefix_projection": True}, "prefix_projection"),
+    ({"name": "p_tuning_v2", "prefix_projection": True}, "unknown key 'prefix_projection'"),
     ({"name": "krona", "factor": 1}, "factor"),
     ({"name": "krona", "scale": 0}, "scale"),
-    ({"name": "ia3", "r": 4}, "r"),
+    ({"name": "ia3", "r": 4}, "unknown key 'r'"),
+    ({"name": "ln_tuning", "targets": 3}, "targets"),
 ])
 def test_settings_out_of_range_are_refused(spec, field):
     with pytest.raises(RecipeError) as info:
@@ -398,6 +408,22 @@ def test_adalora_schedule_without_room_fails_before_training(tiny_model_dir):
         method.apply(load_base(tiny_model_dir, "llama"), "causal_lm")
     with pytest.raises(MethodError, match="total optimizer steps"):
         build_method(SPECS["adalora"]).apply(load_base(tiny_model_dir, "llama"), "causal_lm")
+
+
+def test_prefix_methods_need_a_model_that_takes_a_cache(tiny_model_dir):
+    base = load_base(tiny_model_dir, "llama")
+
+    class NoCache(torch.nn.Module):  # a model whose forward has no past_key_values
+        def __init__(self):
+            super().__init__()
+            self.config, self.inner = base.config, base
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    for name in ("prefix_tuning", "p_tuning_v2"):
+        with pytest.raises(MethodError, match="accepts no past_key_values"):
+            build(name).apply(NoCache(), "causal_lm")
 
 
 def test_krona_factor_must_divide_the_targets(tiny_model_dir):
@@ -416,7 +442,7 @@ def test_every_method_documents_itself():
         cls = get_method_class(name)
         assert cls.family in ("addition", "specification", "reparameterization")
         assert "arXiv:" in cls.paper and any(str(y) in cls.paper for y in (2021, 2022, 2023))
-        assert cls.summary.endswith(".") and cls.summary.count(". ") <= 1
+        assert cls.summary.endswith(".") and ". " not in cls.summary  # one sentence
         for field, info in cls.Config.model_fields.items():
             assert info.description, f"{name}.{field} has no description"
 
@@ -566,3 +592,103 @@ def test_adalora_reallocates_ranks_during_an_engine_run(tiny_model_dir, tmp_path
     loaded = build_method(SPECS["adalora"]).load(load_base(tiny_model_dir, "llama"), tmp_path / "adapter",
                                                  "causal_lm")
     torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=1e-6)
+
+
+def test_adalora_after_a_resume_rebuilds_its_allocation(tiny_model_dir):
+    """Checkpoints hold weights only: resumed past the allocation, the zeroed singular values
+    are the rank pattern; resumed exactly at it, importance is scored from this step's gradients."""
+    batch = make_batch("llama")
+    method = build_method({**SPECS["adalora"], "tfinal": 2})
+    method.set_total_steps(6)
+    model = method.apply(load_base(tiny_model_dir, "llama"), "causal_lm")
+    E = [p for n, p in model.named_parameters() if "lora_E" in n]
+    with torch.no_grad():
+        for p in E:
+            p.fill_(1.0)
+            p[0] = 0.0  # as the checkpoint left them: rank 0 of every matrix pruned
+    model(**batch).loss.backward()
+    method.after_backward(model, 5)  # past total - tfinal = 4, fresh allocator
+    pattern = model.peft_config["default"].rank_pattern
+    assert len(pattern) == len(E) and all(v == [False] + [True] * (ADA_INIT_R - 1) for v in pattern.values())
+    assert all(p[0].item() == 0 and (p[1:] != 0).all() for p in E)
+
+    fresh = build_method({**SPECS["adalora"], "tfinal": 2})
+    fresh.set_total_steps(6)
+    model = fresh.apply(load_base(tiny_model_dir, "llama"), "causal_lm")
+    model(**batch).loss.backward()
+    fresh.after_backward(model, 4)  # exactly at the allocation, no scores yet
+    kept = sum(sum(v) for v in model.peft_config["default"].rank_pattern.values())
+    assert kept == ADA_TARGET_R * len(E)
+
+
+# --------------------------------------------------------------------------- prompt tuning from text
+
+def test_prompt_tuning_text_init_copies_the_token_embeddings(tiny_model_dir, tiny_tokenizer):
+    method = build("prompt_tuning", init="text", init_text="Classify")
+    base = load_base(tiny_model_dir, "llama")
+    words = base.get_input_embeddings().weight.detach().clone()
+    model = method.apply(base, "causal_lm")
+    ids = tiny_tokenizer("Classify", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 8 != N_VIRTUAL  # byte tokenizer: cut to the first 4
+    prompt = model.prompt_encoder["default"].embedding.weight
+    torch.testing.assert_close(prompt.detach(), words[ids[:N_VIRTUAL]], rtol=0, atol=0)
+
+
+def test_prompt_tuning_text_init_without_a_tokenizer_fails_before_training(tmp_path, tiny_model_dir):
+    import shutil
+
+    src = tiny_model_dir("llama")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in src.iterdir():
+        if "token" not in f.name and f.name != "chat_template.jinja":
+            shutil.copy(f, bare / f.name)
+    base = load_model(bare, "causal_lm", dtype="float32")
+    with pytest.raises(MethodError, match="init: text needs the model's tokenizer"):
+        build("prompt_tuning", init="text", init_text="Classify").apply(base, "causal_lm")
+
+
+# --------------------------------------------------------------------------- through the pipeline
+
+QA = [("What is the capital of France?", "Paris."), ("Say hello.", "Hello!"), ("Add two and two.", "4"),
+      ("Name a prime number.", "7")]
+
+
+def sft_recipe(model_dir, folder, method, **eval_section):
+    from leantune.recipe import load_recipe
+
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in QA * 2))
+    return load_recipe(raw={
+        "model": str(model_dir), "method": method, "stage": "sft",
+        "data": {"train": str(data), "format": "alpaca", "eval_split": 0.0},
+        "train": {"max_steps": 5, "batch_size": 4, "logging_steps": 1, "lr": 1e-2, "precision": "fp32",
+                  "max_length": 64},
+        "eval": {"batch_size": 4, "before": False, **eval_section},
+        "output": {"dir": str(folder / "runs"), "name": "run"},
+    })
+
+
+def test_pipeline_tells_adalora_the_total_steps(tiny_model_dir, tmp_path):
+    from leantune.export.run_loading import load_run
+    from leantune.pipeline import train
+
+    recipe = sft_recipe(tiny_model_dir("llama"), tmp_path, {**SPECS["adalora"], "tfinal": 1})
+    summary = train(recipe, progress=False)
+    assert summary.steps == 5
+    saved = json.loads((tmp_path / "runs" / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["total_step"] == 5 and saved["rank_pattern"]  # allocated at step 5 - tfinal = 4
+    run = load_run(summary.run_dir)
+    assert isinstance(run.model, PeftModel) and trainable_count(run.model) == 0
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning"])
+def test_pipeline_trains_and_generates_with_prompts(tiny_model_dir, tmp_path, name):
+    from leantune.pipeline import train
+
+    recipe = sft_recipe(tiny_model_dir("qwen2"), tmp_path, SPECS[name], prompts=["Say hello."], max_new_tokens=4)
+    summary = train(recipe, progress=False)
+    assert summary.steps == 5 and math.isfinite(summary.history[-1]["loss"])
+    assert len(summary.samples) == 1
+    assert {p.name for p in (tmp_path / "runs" / "run" / "adapter").iterdir()} >= {
+        "adapter_config.json", "adapter_model.safetensors"}

@@ -209,9 +209,10 @@ def test_missing_file(tmp_path):
     assert "not found" in str(recipe_error(tmp_path / "nope.yaml"))
 
 
-def test_composing_methods_is_refused():
-    msg = str(recipe_error(raw={"model": "m", "method": ["lora", "freeze"]}))
-    assert "composing" in msg
+def test_composing_two_peft_methods_is_refused():
+    # composition itself is supported (tests/unit/test_composition.py); two PEFT wrappers are not
+    msg = str(recipe_error(raw={"model": "m", "method": ["lora", "ia3"]}))
+    assert "PEFT-based" in msg and "lora" in msg and "ia3" in msg
 
 
 def test_recipe_schema_refuses_extra_keys_everywhere():

@@ -34,7 +34,7 @@ def load_run(run_dir: str | Path, quantized: bool = True) -> LoadedRun:
         raise LeantuneError(f"{run_dir}: the run has no adapter/ yet (did training finish? try --resume)")
     meta = json.loads(meta_file.read_text())
     recipe = Recipe.model_validate(meta["recipe"])
-    method = build_method(recipe.method[0])
+    method = build_method(recipe.method)  # several entries: a Composite
     tokenizer = load_tokenizer(Path(meta["model_path"]), recipe.model.trust_remote_code)
     base = load_model(Path(meta["model_path"]), meta["head"], recipe.model.dtype, recipe.model.trust_remote_code,
                       method.load_kwargs() if quantized else {}, labels=meta.get("labels"),

@@ -89,13 +89,28 @@ class AdaLoRA(Method):
     def after_backward(self, model: nn.Module, step: int) -> None:
         while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
             model = model.module
-        model.base_model.update_and_allocate(step)
+        tuner = model.base_model
+        name = tuner.trainable_adapter_name
+        cfg, allocator = tuner.peft_config[name], tuner.rankallocator
+        final = cfg.total_step - cfg.tfinal
+        # After --resume the allocator's state is gone (checkpoints hold the weights only):
+        if step == final and not allocator.exp_avg_ipt:  # allocating now needs importance scores
+            allocator.update_ipt(tuner.model)
+        if step > final and cfg.rank_pattern is None:  # ranks already fixed: the zeroed values say which
+            cfg.rank_pattern = {n: (p != 0).view(-1).tolist() for n, p in tuner.model.named_parameters()
+                                if f"lora_E.{name}" in n}
+        tuner.update_and_allocate(step)
 
     def save(self, model: nn.Module, path: Path) -> None:
         model.save_pretrained(path, safe_serialization=True)
 
     def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        return PeftModel.from_pretrained(model, path, is_trainable=False)
+        model = PeftModel.from_pretrained(model, path, is_trainable=False)
+        # PEFT 0.21 names the trainable adapter only in training mode, yet its forward reads the
+        # name to add the orthogonality penalty whenever labels are given: name it here.
+        if not hasattr(model.base_model, "trainable_adapter_name"):
+            model.base_model.trainable_adapter_name = model.active_adapter
+        return model
 
     def merge(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()

@@ -7,7 +7,10 @@ Every method of ours that is not delegated to PEFT is built from these pieces:
   ``MethodError`` listing the model's candidates) and per-architecture placement
   of "attention output", "MLP output", "MLP" and "self-attention" modules
   (:data:`PLACEMENT`, :func:`find_modules`);
-* wrapping a module in place (:func:`replace_module`: parent lookup + ``setattr``);
+* wrapping a module in place (:func:`replace_module`: parent lookup + ``setattr``) or,
+  the default, attaching a child module that acts through forward hooks
+  (:func:`attach`, :func:`add_after`, :func:`add_parallel`), which keeps every base
+  parameter's name — so PEFT adapters and other methods compose with ours;
 * a Linear/Conv1D-agnostic view of weights, always ``out × in``
   (:func:`in_out`, :func:`weight_view`) — GPT-2 stores ``Conv1D`` weights ``in × out``;
 * freezing (:func:`freeze`), and
@@ -144,36 +147,28 @@ def replace_first(output: Any, tensor: torch.Tensor) -> Any:
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
-# --------------------------------------------------------------------------- wrappers
+# --------------------------------------------------------------------------- attaching
 
-class Wrapper(nn.Module):
-    """A module wrapped in place; attributes it lacks come from the wrapped ``base``
-    (T5 reads ``wo.weight``, PEFT and generation read ``in_features`` and the like)."""
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base":
-                raise
-            return getattr(self.base, name)
-
-    def unwrap(self) -> nn.Module:
-        return self.base
+# Our modules become *children* of the module they act on, and act through forward
+# hooks: the base model's own parameter names never change (``mlp.down_proj.weight``
+# stays that), so PEFT adapters, ``save_pretrained`` and name patterns keep working
+# when methods are composed. ``detach`` removes a method's child and hooks again.
+ADAPTER_CHILD = "leantune_adapter"
 
 
-class AddOutput(Wrapper):
-    """``y = base(x)``, then ``y + delta(y)``: a serial (bottleneck) adapter after ``base``."""
+def attach(module: nn.Module, child: str, delta: nn.Module, *hooks) -> nn.Module:
+    """Add ``delta`` as ``module.<child>`` and remember the hook handles on it."""
+    if child in module._modules:
+        raise MethodError(f"{type(module).__name__} already has a '{child}' (the same method composed twice?)")
+    module.add_module(child, delta)
+    delta.leantune_hooks = list(hooks)
+    return delta
 
-    def __init__(self, base: nn.Module, delta: nn.Module):
-        super().__init__()
-        self.base = base
-        self.leantune_adapter = delta
 
-    def forward(self, *args, **kwargs):
-        out = self.base(*args, **kwargs)
-        y = first_tensor(out)
-        return replace_first(out, y + self.leantune_adapter(y).to(y.dtype))
+def detach(module: nn.Module, child: str) -> None:
+    delta = module._modules.pop(child)
+    for h in getattr(delta, "leantune_hooks", []):
+        h.remove()
 
 
 class InputTap:
@@ -186,21 +181,26 @@ class InputTap:
         self.value = args[0] if args else next(iter(kwargs.values()))
 
 
-class AddParallel(Wrapper):
-    """``y = base(x) + delta(x_in)`` where ``x_in`` is this module's input, or the input
-    of another module (``tap``) when the branch starts elsewhere (BERT's split FFN)."""
-
-    def __init__(self, base: nn.Module, delta: nn.Module, tap: InputTap | None = None):
-        super().__init__()
-        self.base = base
-        self.leantune_adapter = delta
-        self._tap = tap
-
-    def forward(self, *args, **kwargs):
-        out = self.base(*args, **kwargs)
-        x = self._tap.value if self._tap is not None else (args[0] if args else next(iter(kwargs.values())))
+def add_after(module: nn.Module, delta: nn.Module) -> nn.Module:
+    """Serial adapter: ``y = module(x)`` becomes ``y + delta(y)``."""
+    def hook(mod, args, out):
         y = first_tensor(out)
-        return replace_first(out, y + self.leantune_adapter(x).to(y.dtype))
+        return replace_first(out, y + delta(y).to(y.dtype))
+
+    return attach(module, ADAPTER_CHILD, delta, module.register_forward_hook(hook))
+
+
+def add_parallel(sink: nn.Module, delta: nn.Module, source: nn.Module | None = None) -> nn.Module:
+    """Parallel branch: ``sink(x)`` becomes ``sink(x) + delta(x_in)``, ``x_in`` the input of
+    ``source`` (default: of ``sink`` itself; BERT's FFN starts at another module)."""
+    tap = InputTap()
+    pre = (source or sink).register_forward_pre_hook(tap, with_kwargs=True)
+
+    def hook(mod, args, out):
+        y = first_tensor(out)
+        return replace_first(out, y + delta(tap.value).to(y.dtype))
+
+    return attach(sink, ADAPTER_CHILD, delta, pre, sink.register_forward_hook(hook))
 
 
 def wrap_parallel(model: nn.Module, method: str, make: "callable") -> list[nn.Module]:
@@ -208,25 +208,13 @@ def wrap_parallel(model: nn.Module, method: str, make: "callable") -> list[nn.Mo
     sinks, sources = find_modules(model, "mlp", method), find_modules(model, "mlp_in", method)
     if len(sinks) != len(sources):
         raise MethodError(f"method '{method}': {len(sources)} MLP inputs but {len(sinks)} MLP outputs")
-    made = []
-    for sink, source in zip(sinks, sources):
-        delta = make()
-        tap = None
-        if sink != source:
-            tap = InputTap()
-            model.get_submodule(source).register_forward_pre_hook(tap, with_kwargs=True)
-        replace_module(model, sink, AddParallel(model.get_submodule(sink), delta, tap))
-        made.append(delta)
-    return made
+    return [add_parallel(model.get_submodule(sink), make(),
+                         None if sink == source else model.get_submodule(source))
+            for sink, source in zip(sinks, sources)]
 
 
 def wrap_after(model: nn.Module, names: Iterable[str], make: "callable") -> list[nn.Module]:
-    made = []
-    for name in names:
-        delta = make()
-        replace_module(model, name, AddOutput(model.get_submodule(name), delta))
-        made.append(delta)
-    return made
+    return [add_after(model.get_submodule(name), make()) for name in names]
 
 
 def adapter_sites(model: nn.Module, kind: str, method: str) -> list[str]:
@@ -291,8 +279,9 @@ def task_head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
 
 
-def unwrap_all(model: nn.Module, types: tuple[type, ...] = (Wrapper,)) -> nn.Module:
-    """Undo our wrappers in place (for methods whose merge removes the added modules)."""
-    while found := [n for n, m in model.named_modules() if n and isinstance(m, types)]:
-        replace_module(model, found[0], model.get_submodule(found[0]).unwrap())
+def detach_all(model: nn.Module, child: str) -> nn.Module:
+    """Remove every ``child`` module we attached (and its hooks)."""
+    for module in list(model.modules()):
+        if child in module._modules:
+            detach(module, child)
     return model

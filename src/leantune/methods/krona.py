@@ -35,8 +35,8 @@ class KronA(Method):
     family = "reparameterization"
     mergeable = True
     paper = "Edalati et al. 2022, KronA: Parameter Efficient Tuning with Kronecker Adapter (arXiv:2212.10650)"
-    summary = ("Kronecker-product update A ⊗ B: full-rank updates for as few parameters as low-rank LoRA; "
-               "try it where LoRA's rank limits quality. Merges exactly.")
+    summary = ("Kronecker-product update A ⊗ B that merges exactly: full-rank updates for as few parameters "
+               "as a low-rank LoRA, for tasks where LoRA's rank limits quality.")
 
     class Config(MethodConfig):
         targets: str | list[str] = Field("auto", description="auto (per-architecture), all-linear, or layer-name patterns.")

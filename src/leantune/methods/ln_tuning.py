@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import LNTuningConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from pydantic import Field
 from torch import nn
 
@@ -73,4 +74,13 @@ class LNTuning(Method):
         return PeftModel.from_pretrained(model, path, is_trainable=False)
 
     def merge(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()
+        merged = model.merge_and_unload()
+        # PEFT 0.21's LN-tuning unload leaves ``modules_to_save`` wrappers (the trained classifier
+        # copy of seq_cls) in place; unwrap them the way the other tuners do.
+        for name, module in list(merged.named_modules()):
+            if isinstance(module, ModulesToSaveWrapper):
+                parent_name, _, child = name.rpartition(".")
+                parent = merged.get_submodule(parent_name) if parent_name else merged
+                setattr(parent, child, module.unload_and_optionally_merge_module(
+                    merge=True, safe_merge=False, adapter_names=None))
+        return merged

@@ -72,7 +72,9 @@ class PromptLearning(Method):
 
     def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
         check_prompt_head(head, self.name)
-        return PeftModel.from_pretrained(model, path, is_trainable=False)
+        model = PeftModel.from_pretrained(model, path, is_trainable=False)
+        model.requires_grad_(False)  # PEFT leaves prompt encoders trainable even for inference
+        return model
 
 
 class PromptCount(MethodConfig):

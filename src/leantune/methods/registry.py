@@ -68,6 +68,11 @@ class Method:
         """Called once per optimizer step, after ``optimizer.step()`` and before ``zero_grad``:
         the step's gradients are still in ``.grad`` (AdaLoRA reads them)."""
 
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
+        """Optimizer parameter groups, or None for the engine's default (one lr for all);
+        ``llrd`` returns layer-wise decayed learning rates."""
+        return None
+
 
 METHODS: dict[str, type[Method]] = {}
 

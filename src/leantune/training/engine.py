@@ -116,12 +116,14 @@ class Engine:
     def __init__(self, model: nn.Module, features: list[dict], cfg: TrainSection, run_dir: Path,
                  collate: Collate, loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None = None,
                  after_backward: Callable[[nn.Module, int], None] | None = None,
-                 progress: bool = True):
+                 progress: bool = True,
+                 param_groups: Callable[[nn.Module, float, float], list[dict] | None] | None = None):
         if not features:
             raise LeantuneError("no training examples left after tokenization")
         self.model, self.features, self.cfg, self.run_dir = model, features, cfg, Path(run_dir)
         self.collate, self.loss_fn, self.evaluate, self.after_backward = collate, loss_fn, evaluate, after_backward
         self.progress = progress
+        self.param_groups_fn = param_groups  # a method's own optimizer groups (e.g. layer-wise lr decay)
         self.device = next(model.parameters()).device
         self.lengths = [len(f["input_ids"]) for f in features]
         self.micro_per_epoch = math.ceil(len(features) / cfg.batch_size)
@@ -171,7 +173,8 @@ class Engine:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
-        optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
+        groups = self.param_groups_fn(model, cfg.lr, cfg.weight_decay) if self.param_groups_fn else None
+        optimizer = build_optimizer(cfg.optimizer, groups or param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
         scheduler = build_scheduler(cfg.scheduler, optimizer, self.total_steps, cfg.warmup_ratio)
         autocast, self.precision = autocast_context(cfg.precision, self.device)
         start, history = 0, []

@@ -1,0 +1,172 @@
+"""SmolLM2-135M-Instruct (the packaged ``smollm2-135m``), end to end on CPU.
+
+One LoRA run and one QLoRA run on a slice of the built-in shell-help data are
+shared by every test of this module (module-scoped fixtures): the loss falls,
+the adapter is a plain PEFT adapter, the merged folder is a plain transformers
+model, and ``leantune chat`` answers.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m"
+DEMO = Path(str(resources.files("leantune") / "resources" / "demo"))
+N_TRAIN, N_EVAL = 48, 8
+PROBE = ["How do I count the lines of a file?", "How can I show the disk usage of a folder?"]
+
+
+def _recipe(method: dict, data: Path, out: Path, steps: int, name: str) -> dict:
+    return {
+        "model": MODEL,
+        "method": method,
+        "stage": "sft",
+        "data": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl"), "format": "alpaca"},
+        "train": {"max_steps": steps, "batch_size": 4, "max_length": 96, "lr": 1e-3, "precision": "fp32",
+                  "logging_steps": 1, "seed": 0},
+        "eval": {"batch_size": N_EVAL, "before": True},
+        "output": {"dir": str(out), "name": name},
+    }
+
+
+def _train(raw: dict):
+    from leantune.pipeline import train
+    from leantune.recipe import load_recipe
+
+    return train(load_recipe(raw=raw), progress=False)
+
+
+def _losses(summary) -> list[float]:
+    return [h["loss"] for h in summary.history if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def shell_data(tmp_path_factory) -> Path:
+    """The first N_TRAIN / N_EVAL examples of the built-in shell-help train / eval files."""
+    folder = tmp_path_factory.mktemp("shell-help")
+    for src, dst, n in (("shell_help_train.jsonl", "train.jsonl", N_TRAIN),
+                        ("shell_help_eval.jsonl", "eval.jsonl", N_EVAL)):
+        lines = (DEMO / src).read_text(encoding="utf-8").splitlines()[:n]
+        (folder / dst).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lora_run(shell_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return _train(_recipe({"name": "lora", "r": 8, "alpha": 16}, shell_data, out, steps=8, name="lora"))
+
+
+@pytest.fixture(scope="module")
+def base_path() -> Path:
+    """The converted safetensors folder (GGUF → safetensors happens once per LEANTUNE_HOME)."""
+    from leantune.models.loading import resolve_model_path
+
+    return resolve_model_path(MODEL)
+
+
+@pytest.fixture(scope="module")
+def probe(base_path):
+    """A fixed batch of token ids: two prompts cut to the same length (no padding)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_path)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROBE]
+    n = min(len(i) for i in ids)
+    return torch.tensor([i[:n] for i in ids])
+
+
+@pytest.fixture(scope="module")
+def peft_model(lora_run, base_path):
+    """Base + adapter loaded with plain transformers and PEFT only."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert json.loads((Path(lora_run.run_dir) / "run.json").read_text())["model_path"] == str(base_path)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, Path(lora_run.run_dir) / "adapter").eval()
+
+
+@torch.no_grad()
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+
+def test_lora_training_loss_falls(lora_run):
+    assert lora_run.steps == 8
+    before, after = lora_run.eval_before["loss"], lora_run.eval_after["loss"]
+    assert after < before - 0.1, (before, after)
+    losses = _losses(lora_run)
+    assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    run_dir = Path(lora_run.run_dir)
+    for name in ("run.json", "recipe.yaml", "summary.json", "metrics.jsonl", "adapter/adapter_config.json"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_adapter_reloads_in_plain_peft(lora_run, peft_model, probe):
+    from leantune.export.run_loading import load_run
+
+    ours = load_run(lora_run.run_dir).model.eval()
+    plain = _logits(peft_model, probe)
+    torch.testing.assert_close(plain, _logits(ours, probe), atol=1e-5, rtol=0)
+    with peft_model.disable_adapter():
+        base = _logits(peft_model, probe)
+    assert (plain - base).abs().max() > 1e-3, "the adapter changes nothing"
+
+
+def test_merged_model_loads_in_plain_transformers(lora_run, peft_model, probe, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from leantune.export.merge import merge_run
+
+    out, notes = merge_run(lora_run.run_dir, tmp_path / "merged")
+    assert not any("de-quantized" in n for n in notes), notes
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    torch.testing.assert_close(_logits(merged, probe), _logits(peft_model, probe), atol=1e-4, rtol=0)
+
+
+def test_chat_cli_answers(lora_run):
+    from typer.testing import CliRunner
+
+    from leantune.cli import app
+
+    result = CliRunner().invoke(app, ["chat", lora_run.run_dir, "--prompt", "How do I list hidden files?",
+                                      "--max-new-tokens", "24"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip(), "empty answer"
+
+
+# --------------------------------------------------------------------------- QLoRA
+
+@pytest.fixture(scope="module")
+def qlora_run(shell_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs-qlora")
+    return _train(_recipe({"name": "qlora", "r": 8, "alpha": 16}, shell_data, out, steps=4, name="qlora"))
+
+
+def test_qlora_training_loss_falls(qlora_run):
+    assert qlora_run.steps == 4
+    before, after = qlora_run.eval_before["loss"], qlora_run.eval_after["loss"]
+    assert after < before - 0.05, (before, after)
+    losses = _losses(qlora_run)
+    assert losses[-1] < losses[0], losses
+
+
+def test_qlora_merge_warns_and_loads(qlora_run, probe, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from leantune.export.merge import merge_run
+
+    out, notes = merge_run(qlora_run.run_dir, tmp_path / "merged")
+    assert any("de-quantized" in n for n in notes), notes
+    assert getattr(AutoConfig.from_pretrained(out), "quantization_config", None) is None
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert torch.isfinite(_logits(merged, probe)).all()
