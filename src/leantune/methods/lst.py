@@ -101,6 +101,7 @@ def backbone_name(model: nn.Module) -> str:
 @register
 class LadderSideTuning(InjectedMethod):
     name = "lst"
+    architectures = "decoder-only and encoder-only; not encoder-decoder (T5)"
     family = "addition"
     mergeable = False
     paper = "Sung, Cho & Bansal 2022, LST: Ladder Side-Tuning for Parameter and Memory Efficient Transfer Learning (arXiv:2206.06522)"

@@ -22,6 +22,7 @@ ENCODERS = {"mlp": PromptEncoderReparameterizationType.MLP, "lstm": PromptEncode
 @register
 class PTuning(PromptLearning):
     name = "p_tuning"
+    architectures = "causal LM, seq2seq, classification; not masked LM"
     paper = "Liu et al. 2021, GPT Understands, Too (arXiv:2103.10385)"
     summary = ("Input-layer virtual tokens from an LSTM/MLP prompt encoder; steadier than plain prompt "
                "tuning on small and mid-sized models.")

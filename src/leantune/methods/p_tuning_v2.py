@@ -21,6 +21,7 @@ from .registry import register
 @register
 class PTuningV2(PromptLearning):
     name = "p_tuning_v2"
+    architectures = "causal LM, seq2seq, classification; not masked LM"
     paper = ("Liu et al. 2022, P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning Universally "
              "Across Scales and Tasks (arXiv:2110.07602)")
     summary = ("Deep prompts in every layer without an MLP; the prompt method for NLU "

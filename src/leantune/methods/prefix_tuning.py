@@ -30,6 +30,7 @@ def check_prefix_support(model: nn.Module, method: str) -> None:
 @register
 class PrefixTuning(PromptLearning):
     name = "prefix_tuning"
+    architectures = "causal LM, seq2seq, classification; not masked LM"
     paper = "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv:2101.00190)"
     summary = ("Trainable key/value prefixes in every layer through a small MLP; for generation "
                "(table-to-text, summarisation) with a frozen LM and ~0.1% of its parameters.")

@@ -84,6 +84,7 @@ class PromptCount(MethodConfig):
 @register
 class PromptTuning(PromptLearning):
     name = "prompt_tuning"
+    architectures = "causal LM, seq2seq, classification; not masked LM"
     paper = ("Lester, Al-Rfou & Constant 2021, The Power of Scale for Parameter-Efficient Prompt Tuning "
              "(arXiv:2104.08691)")
     summary = ("Learn only n soft-prompt embeddings before the input; the fewest parameters of all, "

