@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import AutoConfig
 
 from .atomic import atomic_dir, atomic_write_text
 from .data.formats import FORMATS, load_examples
 from .errors import LeantuneError, RecipeError
 from .evaluation.generate import generate_answers
 from .methods.registry import build_method
-from .models.loading import count_parameters, load_model, load_tokenizer, resolve_model_path
+from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .recipe import Recipe
 from .report.run_report import write_report
 from .stages.registry import build_stage
@@ -76,6 +75,15 @@ def peak_memory_mb() -> tuple[float, str]:
 
 
 def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
+    """(train, eval) examples; with data.shots/data.unlabeled, few-shot sampling (data/fewshot.py)."""
+    if recipe.data.shots is None and recipe.data.unlabeled is None:
+        return _load_labelled(recipe, stage, base_dir, say)
+    from .data.fewshot import few_shot_data
+
+    return few_shot_data(recipe, stage, base_dir, say, _load_labelled)
+
+
+def _load_labelled(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
     if not recipe.data.train:
         raise RecipeError("recipe: data.train is required (a .jsonl/.json/.csv/.parquet file or builtin:NAME)")
     skip = recipe.data.skip_invalid
@@ -135,7 +143,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
 
     model_path = resolve_model_path(recipe.model.name)
     tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
+    config = load_config(model_path, recipe.model.trust_remote_code)
     stage.head_name = stage.head(config.model_type, config.is_encoder_decoder)
     data = stage.prepare(recipe, tokenizer, train_examples, eval_examples)
     tok = data.info.get("tokenize", {})
@@ -147,6 +155,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     run_dir = check_run_dir(recipe, resume)
     model = load_model(model_path, stage.head_name, recipe.model.dtype, recipe.model.trust_remote_code,
                        method.load_kwargs(), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
+    if not stage.trains:
+        return evaluate_only(recipe, stage, model, tokenizer, data, run_dir, model_path, say)
     eval_bs = recipe.eval.batch_size
     prompts = recipe.eval.prompts if stage.head_name == "causal_lm" else []
     before, answers_before = None, []
@@ -158,6 +168,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
 
     method.set_total_steps(count_total_steps(len(data.train), recipe.train))
     model = method.apply(model, stage.head_name)
+    model = stage.attach(model)
     create_run_dir(run_dir, resume)
     meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
             "labels": data.labels}
@@ -165,17 +176,24 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     trainable, total = count_parameters(model)
     say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
-    engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
-                    evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
-                    after_backward=method.after_backward, progress=progress,
-                    param_groups=method.param_groups)
-    result = engine.fit(resume=resume)
+    if stage.custom_loop:  # stages with their own loop (PPO) or a TRL trainer (DPO, GRPO, RLOO)
+        model, result = stage.run(model, recipe=recipe, run_dir=run_dir, data=data, method=method,
+                                  tokenizer=tokenizer, progress=progress, resume=resume, say=say)
+        precision = stage.precision
+    else:
+        engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
+                        evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
+                        after_backward=method.after_backward, progress=progress,
+                        param_groups=method.param_groups)
+        result = engine.fit(resume=resume)
+        precision = engine.precision
 
     after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}
     answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
                                      recipe.eval.max_new_tokens) if prompts else []
     with atomic_dir(run_dir / "adapter") as tmp:
         method.save(model, tmp)
+        stage.save_extra(model, tmp)
         tokenizer.save_pretrained(tmp)
     peak, kind = peak_memory_mb()
     summary = RunSummary(
@@ -183,11 +201,42 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         method="+".join(m["name"] for m in recipe.method), stage=stage.name,
         trainable_params=trainable, total_params=total, train_examples=len(data.train),
         eval_examples=len(data.eval), steps=result.steps, wall_time_s=result.wall_time_s,
-        tokens_per_s=result.tokens_per_s, precision=engine.precision, peak_memory_mb=peak, memory_kind=kind,
+        tokens_per_s=result.tokens_per_s, precision=precision, peak_memory_mb=peak, memory_kind=kind,
         eval_before=before, eval_after=after, samples=list(zip(prompts, answers_before or [""] * len(prompts),
                                                               answers_after)),
         history=result.history,
     )
     write_report(run_dir, summary.as_dict())
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
+    return summary
+
+
+def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, model_path: Path,
+                  say: Callable[[str], None]) -> RunSummary:
+    """Stages that do not train (``trains = False``, e.g. in-context learning): evaluate the
+    base model once, write ``eval.json`` (metrics and the stage's ``eval_details``), no method."""
+    import time
+
+    create_run_dir(run_dir, False)
+    meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
+            "labels": data.labels}
+    atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    say(f"stage {stage.name} does not train: the method ({'+'.join(m['name'] for m in recipe.method)}) is not applied")
+    t0 = time.perf_counter()
+    metrics = stage.evaluate(model, data.eval, recipe.eval.batch_size) if data.eval else {}
+    wall = time.perf_counter() - t0
+    details = getattr(stage, "eval_details", None) or {}
+    _, total = count_parameters(model)
+    peak, kind = peak_memory_mb()
+    summary = RunSummary(
+        name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name, method="none", stage=stage.name,
+        trainable_params=0, total_params=total, train_examples=len(data.train), eval_examples=len(data.eval),
+        wall_time_s=wall, precision="fp32", peak_memory_mb=peak, memory_kind=kind, eval_after=metrics,
+        notes=[f"{stage.name}: no training; evaluation of the base model"],
+    )
+    write_report(run_dir, summary.as_dict())  # writes eval.json {before, after}; extended below
+    atomic_write_text(run_dir / "eval.json", json.dumps(
+        {"before": None, "after": metrics, "metrics": metrics, "wall_time_s": wall, **details}, indent=2, default=str))
     atomic_write_text(run_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
     return summary

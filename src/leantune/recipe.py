@@ -38,6 +38,10 @@ class DataSection(Section):
     train_on_prompt: bool = False
     template: str = Field("auto", description="Chat template: auto (the model's own, else chatml), chatml, plain.")
     max_samples: int | None = Field(None, gt=0)
+    shots: int | None = Field(None, ge=0, description="Few-shot: K labelled examples per class (K in all for "
+                              "unlabelled formats), chosen with train.seed; 0 = zero-shot.")
+    unlabeled: str | None = Field(None, description="Unlabelled pool: `keep` (the training examples not taken "
+                                  "by `shots`, labels dropped) or a file of rows with `text`.")
 
 
 class TrainSection(Section):

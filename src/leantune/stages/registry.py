@@ -36,9 +36,16 @@ class Stage:
     summary: ClassVar[str] = ""
     data_kinds: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[StageConfig]] = StageConfig
+    trains: ClassVar[bool] = True  # False: the pipeline only evaluates (in-context learning)
 
     def __init__(self, config: StageConfig):
         self.config = config
+        self.unlabeled: list[dict] | None = None  # the unlabelled pool (data.unlabeled), if any
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Called after the method is applied and before training: a stage may register
+        trainable modules of its own (e.g. soft prompt embeddings) on the model."""
+        return model
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         """The model head this stage trains (``causal_lm``, ``masked_lm``, ``seq_cls``…)."""
@@ -55,6 +62,19 @@ class Stage:
 
     def evaluate(self, model: nn.Module, features: list[dict], batch_size: int) -> dict[str, float]:
         raise NotImplementedError
+
+    # ---- stages that run their own loop instead of the shared engine (PPO, TRL trainers)
+    custom_loop: ClassVar[bool] = False
+    precision: str = "fp32"  # what the custom loop trained in, for the run summary
+
+    def run(self, model: nn.Module, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer,
+            progress: bool, resume: bool, say) -> tuple[nn.Module, Any]:
+        """Train ``model`` (the method already applied); returns the trained model and a
+        ``training.engine.TrainResult``. Only called when ``custom_loop`` is True."""
+        raise NotImplementedError
+
+    def save_extra(self, model: nn.Module, folder: Path) -> None:
+        """Save what the stage trained beside the method's weights (e.g. PPO's value head)."""
 
 
 STAGES: dict[str, type[Stage]] = {}

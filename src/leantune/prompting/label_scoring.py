@@ -1,0 +1,186 @@
+"""Label-word log-probabilities from a language model.
+
+Masked LMs (Schick & Schütze 2021, PET, arXiv:2001.07676): the template holds M mask
+tokens (M = the longest label word in tokens); word w = t1..tm is scored by the
+log-probabilities of t_j at mask j. Causal LMs: the prompt ends where {mask} stood;
+w is scored by log p(t1 | prompt), log p(t2 | prompt, t1), … (teacher forcing).
+
+``mean`` averages a word's token log-probabilities, ``first`` keeps the first token's.
+Several words of one label are pooled by the mean of their probabilities.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..training.losses import _fast_path, _uses_prompt_learning, unwrap
+
+
+class SoftPrompt(nn.Module):
+    """Learned prompt embeddings placed where the template says ``{soft}`` (P-tuning style:
+    mixed with the text, not only prepended). Rows start as copies of token embeddings."""
+
+    def __init__(self, n: int, init: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(init[:n].detach().clone().float())
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """Left out of the host model's state dict (a ``full`` save stays a plain model); the
+        stage saves it as ``soft_prompt.safetensors`` and checkpoints take trainable parameters."""
+
+
+def input_embeddings(model: nn.Module) -> nn.Module:
+    return unwrap(model).get_input_embeddings()
+
+
+def _embed(model, input_ids, soft_index, soft: SoftPrompt | None):
+    emb = input_embeddings(model)(input_ids)
+    if soft is not None and soft_index is not None and bool((soft_index >= 0).any()):
+        where = soft_index >= 0
+        rows = soft.weight.to(emb.dtype)[soft_index.clamp(min=0)]
+        emb = torch.where(where.unsqueeze(-1), rows, emb)
+    return emb
+
+
+def logprobs_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor, soft_index: torch.Tensor | None = None,
+                soft: SoftPrompt | None = None, causal: bool = False,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-softmax over the vocabulary at ``positions`` [B, P] → [B, P, V] (float32)."""
+    L = input_ids.shape[1]
+    embeds = inputs_embeds if inputs_embeds is not None else (
+        _embed(model, input_ids, soft_index, soft) if soft is not None else None)
+    kwargs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": input_ids}
+    path = None if (not causal or _uses_prompt_learning(model)) else _fast_path(unwrap(model))
+    idx = positions.unsqueeze(-1)
+    if path is not None:  # causal LM: the output head runs only at the scored positions
+        backbone, head = path
+        hidden = backbone(attention_mask=attention_mask, **kwargs).last_hidden_state
+        hidden = hidden[:, hidden.shape[1] - L:]
+        picked = hidden.gather(1, idx.expand(-1, -1, hidden.shape[-1]))
+        logits = head(picked)
+    else:
+        logits = model(attention_mask=attention_mask, **kwargs).logits
+        logits = logits[:, logits.shape[1] - L:]  # prompt-learning methods prepend virtual tokens
+        logits = logits.gather(1, idx.expand(-1, -1, logits.shape[-1]))
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def pad_words(words: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word token ids padded to [W, M] (pad 0) and their lengths [W]."""
+    m = max(len(w) for w in words)
+    ids = torch.zeros(len(words), m, dtype=torch.long)
+    for i, w in enumerate(words):
+        ids[i, :len(w)] = torch.tensor(w)
+    return ids, torch.tensor([len(w) for w in words])
+
+
+def word_scores(token_logprobs: torch.Tensor, lengths: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """[B, W, M] per-token log-probs (padded) → [B, W]: ``mean`` over a word's tokens or ``first``."""
+    if mode == "first":
+        return token_logprobs[..., 0]
+    if mode != "mean":
+        raise ValueError(f"scoring mode {mode!r}: use mean or first")
+    m = token_logprobs.shape[-1]
+    keep = (torch.arange(m, device=token_logprobs.device) < lengths.to(token_logprobs.device).unsqueeze(-1))
+    return (token_logprobs * keep).sum(-1) / lengths.to(token_logprobs.device)
+
+
+def label_scores(scores: torch.Tensor, word_label: list[int], n_labels: int) -> torch.Tensor:
+    """[B, W] word scores → [B, L]: log of the mean probability of each label's words."""
+    out = []
+    index = torch.tensor(word_label, device=scores.device)
+    for lab in range(n_labels):
+        sel = scores[:, index == lab]
+        out.append(torch.logsumexp(sel, dim=-1) - math.log(sel.shape[-1]))
+    return torch.stack(out, dim=-1)
+
+
+def mlm_token_logprobs(model, batch: dict, words: torch.Tensor, soft: SoftPrompt | None = None) -> torch.Tensor:
+    """Masked LM: [B, W, M] log p(word token j at mask j)."""
+    lp = logprobs_at(model, batch["input_ids"], batch["attention_mask"], batch["mask_positions"],
+                     batch.get("soft_index"), soft, causal=False)  # [B, P, V]
+    m = min(words.shape[1], lp.shape[1])
+    words = words[:, :m].to(lp.device)
+    # lp[b, j, words[w, j]] → [B, W, m]
+    gathered = lp[:, :m].unsqueeze(1).expand(-1, words.shape[0], -1, -1)
+    return gathered.gather(-1, words.unsqueeze(0).unsqueeze(-1).expand(lp.shape[0], -1, -1, 1)).squeeze(-1)
+
+
+def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torch.Tensor, mode: str,
+                          soft: SoftPrompt | None = None) -> torch.Tensor:
+    """Causal LM: [B, W, M] teacher-forced log-probs of each word after each prompt.
+
+    With ``first`` scoring (or one-token words) one forward pass over the prompts suffices;
+    otherwise every (prompt, word) pair is one row of a single expanded batch.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    last = batch["mask_positions"][:, :1]  # [B, 1] last prompt position
+    words = words.to(ids.device)
+    B, W, M = ids.shape[0], words.shape[0], words.shape[1]
+    if mode == "first" or M == 1:
+        lp = logprobs_at(model, ids, mask, last, batch.get("soft_index"), soft, causal=True)[:, 0]  # [B, V]
+        first = lp[:, words[:, 0]]  # [B, W]
+        return torch.cat([first.unsqueeze(-1), first.new_zeros(B, W, M - 1)], dim=-1)
+    soft_index = batch.get("soft_index")
+    rows, soft_rows, pos_rows = [], [], []
+    n = last[:, 0] + 1  # prompt lengths
+    for b in range(B):
+        for w in range(W):
+            k = int(lengths[w])
+            rows.append(torch.cat([ids[b, :n[b]], words[w, :k - 1]]))
+            if soft_index is not None:
+                soft_rows.append(torch.cat([soft_index[b, :n[b]], soft_index.new_full((k - 1,), -1)]))
+            pos_rows.append(torch.arange(M, device=ids.device).clamp(max=k - 1) + n[b] - 1)
+    width = max(len(r) for r in rows)
+    x = ids.new_full((len(rows), width), 0)
+    am = torch.zeros_like(x)
+    si = torch.full_like(x, -1) if soft_index is not None else None
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = r
+        am[i, :len(r)] = 1
+        if si is not None:
+            si[i, :len(r)] = soft_rows[i]
+    lp = logprobs_at(model, x, am, torch.stack(pos_rows), si, soft, causal=True)  # [B*W, M, V]
+    targets = words.unsqueeze(0).expand(B, -1, -1).reshape(B * W, M, 1)
+    return lp.gather(-1, targets).squeeze(-1).view(B, W, M)
+
+
+def score_labels(model, batch: dict, words: torch.Tensor, lengths: torch.Tensor, word_label: list[int],
+                 n_labels: int, *, causal: bool, mode: str = "mean", soft: SoftPrompt | None = None) -> torch.Tensor:
+    """[B, L] label log-scores (log of the mean label-word probability)."""
+    if causal:
+        tok = causal_token_logprobs(model, batch, words, lengths, mode, soft)
+    else:
+        tok = mlm_token_logprobs(model, batch, words, soft)
+        lengths = lengths.clamp(max=tok.shape[-1])
+    return label_scores(word_scores(tok, lengths, mode), word_label, n_labels)
+
+
+def collate_prompts(features: list[dict], pad_id: int) -> dict:
+    """Right-pad prompt features (``input_ids``, ``mask_positions``, optional ``soft_index``,
+    ``labels``) into tensors; ``template`` (list of ints) passes through."""
+    longest = max(len(f["input_ids"]) for f in features)
+    B = len(features)
+    ids = torch.full((B, longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, longest), dtype=torch.long)
+    soft = torch.full((B, longest), -1, dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        mask[i, :n] = 1
+        if f.get("soft_index") is not None:
+            soft[i, :n] = torch.tensor(f["soft_index"])
+    batch = {"input_ids": ids, "attention_mask": mask,
+             "mask_positions": torch.tensor([f["mask_positions"] for f in features], dtype=torch.long)}
+    if bool((soft >= 0).any()):
+        batch["soft_index"] = soft
+    if "labels" in features[0]:
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+    return batch
