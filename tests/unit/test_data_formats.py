@@ -76,6 +76,10 @@ VALID = {
         {"text": "great film", "text_pair": "a review", "label": "positive"},
         {"text": "great film", "text_pair": "a review", "label": "positive"},
     ),
+    "preference": (
+        {"prompt": "2+2=", "chosen": "4", "rejected": "5"},
+        {"prompt": [user("2+2=")], "chosen": "4", "rejected": "5"},
+    ),
 }
 
 
@@ -199,7 +203,7 @@ def test_limit_counts_valid_examples(tmp_path):
 def test_unknown_format_suggests_closest(tmp_path):
     with pytest.raises(LeantuneError, match="unknown data format 'sharegtp'. Did you mean 'sharegpt'?") as info:
         get_format("sharegtp")
-    assert "Valid formats: alpaca, sharegpt, messages, chatglm, prompt_completion, text, classification." in str(
+    assert "Valid formats: alpaca, sharegpt, messages, chatglm, prompt_completion, text, classification, preference." in str(
         info.value)
     path, _ = write(tmp_path, "jsonl", [{"text": "a"}])
     with pytest.raises(LeantuneError, match="Did you mean 'alpaca'"):

@@ -5,7 +5,9 @@ Canonical examples are plain dicts with the row's ``line``:
 * chat: ``{"messages": [{"role", "content"}, ...], "line"}``, ending with the
   assistant message that is the training target;
 * text: ``{"text", "line"}``;
-* classification: ``{"text", "text_pair" (or None), "label", "line"}``.
+* classification: ``{"text", "text_pair" (or None), "label", "line"}``;
+* preference: ``{"prompt": [messages ending with a user turn], "chosen", "rejected", "line"}``
+  with ``chosen``/``rejected`` the two candidate replies as plain strings.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class FormatSpec:
     """A named format: its kind, its fields (for hints) and its row normaliser."""
 
     name: str
-    kind: str  # "chat" | "text" | "classification"
+    kind: str  # "chat" | "text" | "classification" | "preference"
     fields: str
     normalize: Callable[[dict], tuple[dict | None, Errors]]
 
@@ -232,6 +234,55 @@ def _classification(row: dict) -> tuple[dict | None, Errors]:
     return (None, errs) if errs else ({"text": text, "text_pair": pair, "label": label}, errs)
 
 
+def _reply(value: object, key: str, errs: Errors) -> str | None:
+    """A candidate reply: a string, or a message list whose last message is the assistant reply."""
+    if isinstance(value, list):
+        if not value:
+            errs.append((key, "must be a non-empty string or message list, got an empty list"))
+            return None
+        last = value[-1]
+        at = f"{key}[{len(value) - 1}]"
+        if not isinstance(last, dict):
+            errs.append((at, f"must be an object with 'role' and 'content', got {type_name(last)}"))
+            return None
+        if last.get("role") != "assistant":
+            errs.append((f"{at}.role", f"the reply must be an assistant message, got role {last.get('role')!r}"))
+            return None
+        return _text(last.get("content"), f"{at}.content", errs)
+    if value is not None and not isinstance(value, str):
+        errs.append((key, f"must be a non-empty string or message list, got {type_name(value)}"))
+        return None
+    return _text(value, key, errs)
+
+
+def _preference(row: dict) -> tuple[dict | None, Errors]:
+    errs: Errors = []
+    prompt = row.get("prompt")
+    messages: list[dict] | None = None
+    if isinstance(prompt, list):
+        # validated as a conversation with a placeholder reply, problems re-keyed to ``prompt``
+        inner, found = _messages({"messages": prompt + [_msg("assistant", "x")]})
+        errs += [(f.replace("messages", "prompt", 1), m) for f, m in found
+                 if not f.startswith(f"messages[{len(prompt)}]")]
+        if not prompt:
+            errs.append(("prompt", "must be a non-empty string or message list, got an empty list"))
+        elif isinstance(prompt[-1], dict) and prompt[-1].get("role") != "user":
+            errs.append((f"prompt[{len(prompt) - 1}].role", "the prompt must end with a user turn"))
+        messages = None if errs else inner["messages"][:-1]
+    elif prompt is not None and not isinstance(prompt, str):
+        errs.append(("prompt", f"must be a non-empty string or message list, got {type_name(prompt)}"))
+    else:
+        text = _text(prompt, "prompt", errs)
+        messages = [_msg("user", text)] if text is not None else None
+    chosen = _reply(row.get("chosen"), "chosen", errs)
+    rejected = _reply(row.get("rejected"), "rejected", errs)
+    if chosen is not None and rejected is not None and chosen.strip() == rejected.strip():
+        errs.append(("rejected", "is the same text as chosen; a preference pair needs two different replies"))
+    if errs:
+        return None, errs
+    return {"prompt": messages, "chosen": chosen, "rejected": rejected}, errs
+
+
 FORMATS: dict[str, FormatSpec] = {
     spec.name: spec
     for spec in (
@@ -248,11 +299,15 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec("text", "text", "text (string)", _plain_text),
         FormatSpec("classification", "classification",
                    "text (string), label (string or integer), optional text_pair (string)", _classification),
+        FormatSpec("preference", "preference",
+                   "prompt (string or message list ending with a user turn), chosen and rejected (strings, or "
+                   "message lists ending with the assistant reply)", _preference),
     )
 }
 
 # Key sets that identify a format, most specific first.
 _SIGNATURES = (
+    ("preference", {"prompt", "chosen", "rejected"}),
     ("messages", {"messages"}),
     ("sharegpt", {"conversations"}),
     ("alpaca", {"instruction", "output"}),

@@ -112,7 +112,7 @@ def inspect_data(path: str | Path, fmt: str | None, tokenizer=None) -> DataRepor
     elif spec.kind == "classification":
         report.label_counts = dict(Counter(ex["label"] for ex in examples))
     if tokenizer is not None and examples:
-        if spec.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+        if spec.kind in ("chat", "preference") and not getattr(tokenizer, "chat_template", None):
             report.notes.append(
                 "the tokenizer has no chat template; token lengths use the joined message contents")
         counts = [_token_count(tokenizer, ex, spec.kind, report.notes) for ex in examples]
@@ -126,6 +126,9 @@ def _token_count(tokenizer, example: dict, kind: str, notes: list[str]) -> int:
         return len(tokenizer(example["text"], example["text_pair"])["input_ids"])
     if kind == "text":
         return len(tokenizer(example["text"])["input_ids"])
+    if kind == "preference":  # the prompt with the longer of the two replies
+        example = {"messages": example["prompt"] + [
+            {"role": "assistant", "content": max(example["chosen"], example["rejected"], key=len)}]}
     if getattr(tokenizer, "chat_template", None):
         try:
             ids = tokenizer.apply_chat_template(example["messages"], tokenize=True)

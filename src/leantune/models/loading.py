@@ -53,8 +53,8 @@ def resolve_model_path(name: str) -> Path:
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
-        if (path / "recipe.yaml").is_file():
-            raise ModelSourceError(f"{path} is a leantune run directory; use it through `leantune merge` first")
+        if (path / "recipe.yaml").is_file() or (path / "run.json").is_file():
+            return check_run_source(path)
         raise ModelSourceError(f"{path}: folder has no config.json; it is not a Hugging Face model folder")
     if "/" in name and not name.startswith((".", "/")):
         try:
@@ -69,7 +69,76 @@ def resolve_model_path(name: str) -> Path:
     )
 
 
+# --------------------------------------------------------------------------- run directories as models
+
+def is_run_dir(path: Path | str) -> bool:
+    """A finished leantune run (``run.json`` + ``adapter/``) used as a model source."""
+    path = Path(path)
+    return path.is_dir() and (path / "run.json").is_file() and not (path / "config.json").is_file()
+
+
+def check_run_source(path: Path) -> Path:
+    """A run directory usable as a model: it has run.json and a saved adapter."""
+    if not (path / "run.json").is_file():
+        raise ModelSourceError(f"{path}: a leantune run directory without run.json; it cannot be used as a model")
+    if not (path / "adapter").is_dir():
+        raise ModelSourceError(f"{path}: the run has no adapter/ yet (did training finish? try --resume)")
+    return path
+
+
+def _run_meta(path: Path) -> dict:
+    import json
+
+    return json.loads((Path(path) / "run.json").read_text())
+
+
+def load_config(path: Path, trust_remote_code: bool = False):
+    """The model config of a Hugging Face folder, or of a run directory's base model."""
+    if is_run_dir(path):
+        return load_config(Path(_run_meta(path)["model_path"]), trust_remote_code)
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _load_run_merged(path: Path, head: str, dtype: str, trust_remote_code: bool, extra: dict[str, Any] | None,
+                     labels: list[str] | None, pad_token_id: int | None) -> torch.nn.Module:
+    """Base model with the run's trained method merged in, in memory, under the requested head.
+
+    The base is loaded with ``head`` (e.g. a causal-LM SFT run becomes the backbone of a
+    sequence-classification reward model); the run's own head layers are not carried over.
+    """
+    from ..methods.registry import build_method
+    from ..recipe import Recipe
+
+    if extra and extra.get("quantization_config") is not None:
+        raise ModelSourceError(f"{path}: a run directory cannot be loaded quantized as a model; "
+                               f"write it out with `leantune merge` and use that folder")
+    meta = _run_meta(path)
+    recipe = Recipe.model_validate(meta["recipe"])
+    method = build_method(recipe.method)
+    if not method.mergeable:
+        raise ModelSourceError(f"{path}: method '{method.name}' cannot be merged into the base weights, "
+                               f"so the run cannot be used as a model")
+    base_path, run_head = Path(meta["model_path"]), meta["head"]
+    if head == run_head:
+        base = load_model(base_path, head, dtype, trust_remote_code, extra, labels, pad_token_id)
+        model = method.merge(method.load(base, path / "adapter", run_head))
+    else:  # merge under the run's own head, then move the shared backbone weights to the new head
+        src = load_model(base_path, run_head, dtype, trust_remote_code, extra, meta.get("labels"), pad_token_id)
+        merged = method.merge(method.load(src, path / "adapter", run_head)).state_dict()
+        model = load_model(base_path, head, dtype, trust_remote_code, extra, labels, pad_token_id)
+        target = model.state_dict()
+        shared = {k: v for k, v in merged.items() if k in target and target[k].shape == v.shape}
+        if not any(k.startswith(f"{model.base_model_prefix}.") for k in shared):
+            raise ModelSourceError(f"{path}: the run's {run_head} weights do not fit a {head} model")
+        model.load_state_dict(shared, strict=False)
+        del src, merged
+    model.requires_grad_(True)
+    return model
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    if is_run_dir(path):
+        path = Path(path) / "adapter"  # the run saves its tokenizer beside the adapter
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
@@ -96,6 +165,8 @@ def load_model(
     """Load ``path`` with the head class for ``head`` (``causal_lm``, ``seq_cls``, …)."""
     if head not in HEAD_CLASSES:
         raise ModelSourceError(f"unknown head {head!r}; one of {', '.join(HEAD_CLASSES)}")
+    if is_run_dir(path):
+        return _load_run_merged(Path(path), head, dtype, trust_remote_code, extra, labels, pad_token_id)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     kwargs.update(extra or {})
     if labels is not None:

@@ -1,0 +1,391 @@
+"""PPO for language models, written here (TRL 1.16 no longer has a PPO trainer).
+
+Schulman et al. 2017, Proximal Policy Optimization (arXiv:1707.06347); the RLHF form of
+Ziegler et al. 2019 (arXiv:1909.08593) and Ouyang et al. 2022 (arXiv:2203.02155):
+
+* policy = the base model with a LoRA adapter; reference = the same model with the
+  adapter disabled (``with model.disable_adapter():``), so there is no second copy;
+* value head = one ``nn.Linear`` on the policy's last hidden state, saved beside the adapter;
+* per-token reward r_t = −β·(log π(a_t|s_t) − log π_ref(a_t|s_t))  (the k1 KL estimator),
+  plus the sequence's score at its last token;
+* generalised advantage estimation (Schulman et al. 2016, arXiv:1506.02438) with γ, λ;
+* clipped policy loss and clipped value loss, several epochs over each rollout batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..training.losses import _fast_path, unwrap
+from ..training.modes import evaluating, set_eval_mode
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+# --------------------------------------------------------------------------- the math
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x − mean) / std over the masked entries (the mean kept when ``shift_mean`` is False)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def kl_penalty_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor,
+                       mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards −β·KL_t with the score added at each sequence's last token; also KL_t.
+
+    KL_t = log π(a_t) − log π_ref(a_t), the k1 estimator (unbiased; its mean over samples is
+    KL(π‖π_ref)).
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages A_t = Σ_k (γλ)^k δ_{t+k} with δ_t = r_t + γ V_{t+1} − V_t, and returns A_t + V_t.
+
+    Positions outside ``mask`` (after the end of a response) have no value: V = 0 there.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        next_live = mask[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * next_live * running
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) averaged over live tokens; also the clipped fraction."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clip_frac = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_frac
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """½·max((V − R)², (V_old + clip(V − V_old, −ε, ε) − R)²) over live tokens; also the clipped fraction."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    l1, l2 = (values - returns) ** 2, (v_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.max(l1, l2), mask), masked_mean((l2 > l1).float(), mask)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# --------------------------------------------------------------------------- model pieces
+
+class ValueHead(nn.Module):
+    """V(s) = w·h + b on the last hidden state h; zero-initialised (V = 0 at the start)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(Path(folder) / VALUE_HEAD_FILE))
+
+    @classmethod
+    def load(cls, folder: Path) -> "ValueHead":
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(folder) / VALUE_HEAD_FILE))
+        head = cls(state["summary.weight"].shape[1])
+        head.load_state_dict(state)
+        return head
+
+
+def hidden_size(model: nn.Module) -> int:
+    cfg = unwrap(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return cfg.hidden_size
+
+
+def response_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     prompt_len: int, temperature: float = 1.0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (/ temperature) for the response positions and the hidden states that predict them.
+
+    ``input_ids`` = left-padded prompt (``prompt_len`` columns) then the response. Position
+    ids follow the attention mask, as in generation. Only the response positions go
+    through the output head (the 49k-vocabulary logits are the largest activation).
+    """
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    path = _fast_path(unwrap(model))
+    if path is not None:
+        backbone, head = path
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=positions).last_hidden_state[:, prompt_len - 1: -1]
+        logits = head(hidden)
+    else:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, prompt_len - 1: -1]
+        logits = out.logits[:, prompt_len - 1: -1]
+    return logits.float() / max(temperature, 1e-6), hidden
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.gather(F.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def response_mask(responses: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """1 up to and including the first EOS of each response, 0 after it."""
+    if eos_id is None:
+        return torch.ones_like(responses)
+    is_eos = (responses == eos_id).long()
+    after = (is_eos.cumsum(-1) - is_eos) > 0
+    return (~after).long()
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, n - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, n - len(p):] = 1
+    return ids, mask
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+def generate(model: nn.Module, prompts: list[list[int]], pad_id: int, eos_id: int | None,
+             gen: GenerationSettings, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample responses: (prompt ids [B,P] left-padded, prompt mask, response ids [B,T]).
+
+    Runs under :func:`leantune.training.modes.evaluating` (dropout off, no gradients,
+    4-bit layers left in their trainable layout).
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    sample = not greedy and gen.temperature > 0
+    kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=sample, pad_token_id=pad_id,
+                  eos_token_id=eos_id)
+    if sample:
+        kwargs.update(temperature=gen.temperature, top_k=gen.top_k or None, top_p=gen.top_p)
+    else:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    with evaluating(model):
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return ids, mask, out[:, ids.shape[1]:]
+
+
+# --------------------------------------------------------------------------- the trainer
+
+@dataclass
+class PPOSettings:
+    kl_coef: float = 0.05
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4
+    mini_batch_size: int | None = None
+    whiten_advantages: bool = True
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor      # [B, P+T]
+    attention_mask: torch.Tensor
+    prompt_len: int
+    responses: torch.Tensor      # [B, T]
+    mask: torch.Tensor           # [B, T] live response tokens
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    rewards: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    entropy: torch.Tensor
+    texts: list[str]
+
+
+class PPO:
+    """One policy (PEFT model) + value head; ``step(prompts)`` = rollout + PPO epochs."""
+
+    def __init__(self, model: nn.Module, value_head: ValueHead, tokenizer, reward: Callable,
+                 optimizer: torch.optim.Optimizer, scheduler=None, settings: PPOSettings | None = None,
+                 generation: GenerationSettings | None = None, autocast=None):
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("PPO needs a PEFT model: the reference policy is the model with its adapter disabled")
+        self.model, self.value_head, self.tokenizer, self.reward = model, value_head, tokenizer, reward
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.s = settings or PPOSettings()
+        self.gen = generation or GenerationSettings()
+        self.autocast = autocast or nullcontext()
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+
+    # ---- forward passes
+    def policy_stats(self, input_ids, attention_mask, prompt_len, responses):
+        with self.autocast:
+            logits, hidden = response_forward(self.model, input_ids, attention_mask, prompt_len,
+                                              self.gen.temperature)
+        return token_logprobs(logits, responses), self.value_head(hidden.float()), logits
+
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids, attention_mask, prompt_len, responses) -> torch.Tensor:
+        """log π_ref: the same model with its adapter disabled, without gradients."""
+        with self.model.disable_adapter(), self.autocast:
+            logits, _ = response_forward(self.model, input_ids, attention_mask, prompt_len, self.gen.temperature)
+        return token_logprobs(logits, responses)
+
+    # ---- rollout
+    def rollout(self, prompt_ids: list[list[int]], messages: list[list[dict]]) -> Rollout:
+        p_ids, p_mask, responses = generate(self.model, prompt_ids, self.pad_id, self.eos_id, self.gen)
+        mask = response_mask(responses, self.eos_id)
+        input_ids = torch.cat([p_ids, responses], 1)
+        attention_mask = torch.cat([p_mask, mask], 1)
+        P = p_ids.shape[1]
+        texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)]
+        scores = self.reward(messages, texts).to(responses.device)
+        with evaluating(self.model):
+            logprobs, values, logits = self.policy_stats(input_ids, attention_mask, P, responses)
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+        ref = self.reference_logprobs(input_ids, attention_mask, P, responses)
+        return self.finish_rollout(input_ids, attention_mask, P, responses, mask, logprobs, ref, values,
+                                   scores, entropy, texts)
+
+    def finish_rollout(self, input_ids, attention_mask, P, responses, mask, logprobs, ref, values, scores,
+                       entropy, texts) -> Rollout:
+        mask_f = mask.float()
+        rewards, kl = kl_penalty_rewards(logprobs, ref, scores.float(), mask_f, self.s.kl_coef)
+        adv, returns = gae(rewards, values, mask_f, self.s.gamma, self.s.lam)
+        if self.s.whiten_advantages and mask_f.sum() > 1:
+            adv = whiten(adv, mask_f)
+        return Rollout(input_ids, attention_mask, P, responses, mask_f, logprobs, ref, values * mask_f,
+                       scores.float(), rewards, kl, adv, returns, entropy, texts)
+
+    # ---- optimisation
+    def update(self, ro: Rollout) -> dict[str, float]:
+        B = ro.responses.shape[0]
+        mb = self.s.mini_batch_size or B
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": [], "value_clip_frac": [],
+                                         "approx_kl": []}
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        set_eval_mode(self.model)  # dropout off: the same policy that produced the old log-probs
+        self.value_head.train()
+        try:
+            for _ in range(self.s.ppo_epochs):
+                order = torch.randperm(B)
+                for s in range(0, B, mb):
+                    idx = order[s: s + mb]
+                    logprobs, values, _ = self.policy_stats(ro.input_ids[idx], ro.attention_mask[idx],
+                                                            ro.prompt_len, ro.responses[idx])
+                    m = ro.mask[idx]
+                    pg, clip_frac = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], m,
+                                                        self.s.clip_range)
+                    vf, vclip = clipped_value_loss(values, ro.values[idx], ro.returns[idx], m,
+                                                   self.s.clip_range_value)
+                    loss = pg + self.s.vf_coef * vf
+                    if not torch.isfinite(loss):
+                        from ..training.engine import TrainingDiverged
+
+                        raise TrainingDiverged(f"PPO loss became {loss.item()}; lower train.lr or kl_coef")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if self.s.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)
+                    self.optimizer.step()
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    stats["policy_loss"].append(pg.item())
+                    stats["value_loss"].append(vf.item())
+                    stats["clip_frac"].append(clip_frac.item())
+                    stats["value_clip_frac"].append(vclip.item())
+                    stats["approx_kl"].append(masked_mean(0.5 * (logprobs.detach() - ro.logprobs[idx]) ** 2, m).item())
+        finally:
+            self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def step(self, prompt_ids: list[list[int]], messages: list[list[dict]]) -> tuple[dict[str, float], Rollout]:
+        ro = self.rollout(prompt_ids, messages)
+        stats = self.update(ro)
+        seq_kl = (ro.kl.sum(-1)).mean().item()
+        record = {"reward": ro.scores.mean().item(), "reward_std": ro.scores.std().item() if len(ro.scores) > 1 else 0.0,
+                  "kl": seq_kl, "entropy": ro.entropy.item(), "response_len": ro.mask.sum(-1).mean().item(),
+                  "advantage_mean": masked_mean(ro.advantages, ro.mask).item(),
+                  "return_mean": masked_mean(ro.returns, ro.mask).item(), **stats}
+        record["loss"] = stats["policy_loss"] + self.s.vf_coef * stats["value_loss"]
+        return record, ro
+
+
+def write_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def n_iterations(n_prompts: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
+    return max_steps or max(1, math.ceil(epochs * n_prompts / batch_size))
+
+
+def prompt_batches(n: int, batch_size: int, seed: int):
+    """Endless batches of prompt indices: a fresh seeded permutation per pass."""
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        for s in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield order[s: s + batch_size]
+        epoch += 1
+
+
+def now() -> float:
+    return time.perf_counter()
