@@ -44,6 +44,17 @@ class DataSection(Section):
                                   "by `shots`, labels dropped) or a file of rows with `text`.")
 
 
+class AdversarialSection(Section):
+    """``train.adversarial``: FGM/PGD perturbations of the input embeddings (semisup/adversarial.py)."""
+
+    kind: Literal["fgm", "pgd"] = Field("fgm", description="fgm: one step (Miyato et al. 2017); pgd: projected "
+                                        "gradient ascent (Madry et al. 2018).")
+    epsilon: float = Field(1.0, gt=0, description="L2 radius of the perturbation, per example.")
+    steps: int = Field(3, ge=1, description="pgd: ascent steps.")
+    alpha: float | None = Field(None, gt=0, description="pgd: step size; default min(ε, 1.5·ε/steps).")
+    weight: float = Field(1.0, gt=0, description="Weight of the adversarial loss added to the clean loss.")
+
+
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Overrides epochs when set.")
@@ -64,6 +75,8 @@ class TrainSection(Section):
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (and always at the end).")
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, gt=0)
+    adversarial: AdversarialSection | None = Field(None, description="Adversarial training on the input "
+                                                   "embeddings: {kind: fgm|pgd, epsilon, steps, alpha}.")
 
 
 class EvalSection(Section):

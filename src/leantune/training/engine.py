@@ -132,6 +132,11 @@ class Engine:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._plans: dict[int, list[list[int]]] = {}
         self._stop = False
+        self.adversary = None  # train.adversarial: FGM/PGD on the input embeddings (semisup/adversarial.py)
+        if getattr(cfg, "adversarial", None) is not None:
+            from ..semisup.adversarial import Adversary
+
+            self.adversary = Adversary(cfg.adversarial)
 
     # ------------------------------------------------------------------ data
     def micro_batch(self, m: int) -> dict:
@@ -193,11 +198,14 @@ class Engine:
                 loss_sum = 0.0
                 for k in range(cfg.grad_accum):
                     batch = self.micro_batch((step - 1) * cfg.grad_accum + k)
-                    with autocast:
+                    with autocast, (self.adversary.watch(model) if self.adversary else nullcontext()):
                         loss = self.loss_fn(model, batch)
                     if not torch.isfinite(loss):
                         self._diverged(step, loss)
                     (loss / cfg.grad_accum).backward()
+                    if self.adversary:  # extra forward/backward on perturbed embeddings
+                        with autocast:
+                            self.adversary.attack(model, lambda: self.loss_fn(model, batch), 1 / cfg.grad_accum)
                     loss_sum += loss.item()
                     tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
                     if "labels" in batch and batch["labels"].dim() == 2:

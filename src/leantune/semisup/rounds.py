@@ -1,0 +1,108 @@
+"""What the round-based stages (self_train, co_train, active) share: featurising labelled and
+unlabelled text, training a sequence classifier with the shared engine, and class probabilities."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..data.collate import pad_batch
+from ..errors import DataValidationError, Problem
+from ..training.engine import Engine, TrainResult
+from ..training.modes import evaluating
+
+UNKNOWN = -1  # label id of an example whose label is not known
+
+
+def label_index(recipe, train_examples, eval_examples, labels: list[str] | None) -> list[str]:
+    labels = labels or sorted({str(e["label"]) for e in train_examples if "label" in e})
+    index = set(labels)
+    bad = [Problem(recipe.data.train or "data", e.get("line") or 0, "label",
+                   f"label {e['label']!r} does not occur in the training labels {labels[:10]}")
+           for e in list(train_examples) + list(eval_examples) if "label" in e and str(e["label"]) not in index]
+    if bad:
+        raise DataValidationError(bad)
+    return labels
+
+
+def featurize(examples: list[dict], tokenizer, max_length: int, labels: list[str],
+              view: Literal["full", "head", "tail"] = "full") -> list[dict]:
+    """Token features with ``labels`` (``UNKNOWN`` when the example has none). ``head``/``tail``
+    keep the first/last ``max_length // 2`` text tokens: two views of one text for co-training."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = []
+    for ex in examples:
+        if view == "full":
+            enc = tokenizer(ex["text"], ex.get("text_pair"), truncation=True, max_length=max_length)
+            ids, tt = enc["input_ids"], enc.get("token_type_ids")
+        else:
+            full = tokenizer(ex["text"])["input_ids"]
+            special = tokenizer.get_special_tokens_mask(full, already_has_special_tokens=True)
+            lo = next((i for i, m in enumerate(special) if not m), len(full))
+            hi = len(full) - next((i for i, m in enumerate(reversed(special)) if not m), len(full))
+            body, half = full[lo:hi], max(1, max_length // 2)
+            ids = full[:lo] + (body[:half] if view == "head" else body[-half:]) + full[hi:]
+            tt = None
+        feat = {"input_ids": ids, "labels": index.get(str(ex.get("label")), UNKNOWN) if "label" in ex else UNKNOWN}
+        if tt is not None:
+            feat["token_type_ids"] = tt
+        out.append(feat)
+    return out
+
+
+def with_labels(features: list[dict], labels: list[int]) -> list[dict]:
+    return [{**f, "labels": int(y)} for f, y in zip(features, labels)]
+
+
+def make_collate(pad_id: int):
+    def collate(features, generator=None) -> dict:
+        return pad_batch(features, pad_id)
+    return collate
+
+
+def classifier_loss(model, batch) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def class_probs(model, features: list[dict], batch_size: int, pad_id: int) -> torch.Tensor:
+    """[N, C] softmax probabilities of a sequence classifier (labels ignored)."""
+    device = next(model.parameters()).device
+    out = []
+    with evaluating(model):
+        for s in range(0, len(features), batch_size):
+            batch = pad_batch([{k: v for k, v in f.items() if k != "labels"} for f in features[s:s + batch_size]],
+                              pad_id)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            out.append(F.softmax(logits.float(), -1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def accuracy(probs: torch.Tensor, gold: list[int]) -> float:
+    if not gold:
+        return float("nan")
+    return float((probs.argmax(-1) == torch.tensor(gold)).float().mean())
+
+
+def fit(model, features: list[dict], recipe, folder: Path, pad_id: int) -> TrainResult:
+    """Train ``model`` on ``features`` with the shared engine (``train.*`` settings, adversarial
+    training included), logging to ``folder/metrics.jsonl``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    engine = Engine(model, features, recipe.train, folder, make_collate(pad_id), classifier_loss, progress=False)
+    result = engine.fit(resume=False)
+    model.train()
+    return result
+
+
+def merge_results(results: list[TrainResult]) -> TrainResult:
+    """One TrainResult for a run made of several engine runs (steps, time and tokens summed)."""
+    wall = sum(r.wall_time_s for r in results)
+    tokens = sum(r.tokens for r in results)
+    history, offset = [], 0
+    for r in results:
+        history += [{**h, "step": h["step"] + offset} for h in r.history]
+        offset += r.steps
+    return TrainResult(steps=offset, final_loss=results[-1].final_loss if results else float("nan"),
+                       wall_time_s=wall, tokens=tokens, tokens_per_s=tokens / max(wall, 1e-9),
+                       label_tokens_per_s=0.0, history=history)

@@ -1,0 +1,103 @@
+"""Self-training with pseudo-labels (Yarowsky 1995; Lee 2013, "Pseudo-Label"): train a
+classifier on the labelled set, label the unlabelled pool (``data.unlabeled``) where the model
+is confident (``threshold``, or the ``per_class`` most confident per class), retrain on both,
+for ``rounds`` rounds. ``eval.json`` holds accuracy per round and, where the pool's true labels
+are known (``data.unlabeled: keep``, or a pool file with a ``label`` column), the precision of
+the pseudo-labels. Trained with the shared engine (``train.*``, ``train.adversarial``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from ..errors import RecipeError
+from ..evaluation.classification import classification_metrics
+from ..semisup import rounds as R
+from ..semisup.pseudo_label import pseudo_label_precision, select
+from ..semisup.reptile import load_trainable, trainable_state
+from .registry import PreparedData, Stage, StageConfig, register
+
+
+def pool_gold(recipe, pool: list[dict], labels: list[str]) -> list[int | None]:
+    """True label ids of the pool rows where they can be found (else None): for ``unlabeled:
+    keep`` from the training file by line, for a pool file from its ``label`` column."""
+    from ..data.readers import read_rows
+    from ..pipeline import resolve_data_path
+
+    spec = recipe.data.train if recipe.data.unlabeled == "keep" else recipe.data.unlabeled
+    try:
+        by_line = {line: row.get("label") for line, row in read_rows(resolve_data_path(spec))}
+    except Exception:  # noqa: BLE001 - unreadable here (e.g. a recipe-relative path): unknown
+        return [None] * len(pool)
+    index = {lab: i for i, lab in enumerate(labels)}
+    return [index.get(str(by_line.get(ex.get("line")))) for ex in pool]
+
+
+class RoundSettings(StageConfig):
+    labels: list[str] | None = Field(None, description="Label order; default: sorted labels of the training data.")
+    rounds: int = Field(3, ge=1, description="Pseudo-labelling rounds after the first training.")
+    threshold: float = Field(0.9, ge=0, le=1, description="Minimum confidence of a pseudo-label.")
+    per_class: int | None = Field(None, ge=1, description="Instead: the N most confident per class (≥ threshold).")
+    reset: bool = Field(True, description="Retrain each round from the weights before the first round.")
+
+
+@register
+class SelfTrain(Stage):
+    name = "self_train"
+    summary = "Self-training: pseudo-label the unlabelled pool by confidence, retrain for R rounds."
+    data_kinds = ("classification",)
+    custom_loop = True
+    adversarial_ok = True  # its trainings run in the shared engine (semisup.rounds.fit)
+    Config = RoundSettings
+
+    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
+        return "seq_cls"
+
+    def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
+        if not self.unlabeled:
+            raise RecipeError(f"stage {self.name}: needs an unlabelled pool (data.unlabeled: keep, or a file)")
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.labels = R.label_index(recipe, train_examples, eval_examples, self.config.labels)
+        ml = recipe.train.max_length
+        self.pool = R.featurize(self.unlabeled, tokenizer, ml, self.labels)
+        self.gold = pool_gold(recipe, self.unlabeled, self.labels)
+        train = R.featurize(train_examples, tokenizer, ml, self.labels)
+        evals = R.featurize(eval_examples, tokenizer, ml, self.labels)
+        return PreparedData(train, evals, labels=self.labels,
+                            info={"tokenize": {"examples": len(train), "tokens": sum(len(f["input_ids"]) for f in train)},
+                                  "pool": len(self.pool)})
+
+    def collate(self, features, generator=None) -> dict:
+        return R.make_collate(self.pad_id)(features)
+
+    def loss(self, model, batch):
+        return R.classifier_loss(model, batch)
+
+    def evaluate(self, model, features, batch_size) -> dict[str, float]:
+        probs = R.class_probs(model, features, batch_size, self.pad_id)
+        return classification_metrics(probs.argmax(-1).tolist(), [f["labels"] for f in features])
+
+    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say):
+        cfg, bs = self.config, recipe.eval.batch_size
+        start = trainable_state(model) if cfg.reset else None
+        results, rounds, current = [], [], list(data.train)
+        for r in range(cfg.rounds + 1):
+            if start is not None:
+                load_trainable(model, start)
+            results.append(R.fit(model, current, recipe, run_dir / "rounds" / f"round-{r}", self.pad_id))
+            record = {"round": r, "labelled": len(data.train), "pseudo_labelled": len(current) - len(data.train)}
+            if data.eval:
+                record.update(self.evaluate(model, data.eval, bs))
+            if r == cfg.rounds:
+                rounds.append(record)
+                break
+            probs = R.class_probs(model, self.pool, bs, self.pad_id)
+            chosen = select(probs, threshold=cfg.threshold, per_class=cfg.per_class)
+            precision = pseudo_label_precision(chosen, self.gold)
+            record["next_pseudo_labels"], record["pseudo_label_precision"] = len(chosen), precision
+            rounds.append(record)
+            say(f"round {r}: accuracy {record.get('accuracy', float('nan')):.3f}; {len(chosen)} pseudo-labels"
+                + (f", precision {precision:.3f}" if precision is not None else ""))
+            current = list(data.train) + [{**self.pool[i], "labels": c} for i, c, _ in chosen]
+        self.eval_details = {"rounds": rounds}
+        return model, R.merge_results(results)
