@@ -52,6 +52,8 @@ class RunSummary:
     samples: list[tuple[str, str, str]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    estimate_mb: float | None = None     # peak memory estimated before training (guide/estimate.py)
+    estimate: dict | None = None         # its components and inputs
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +77,14 @@ def peak_memory_mb() -> tuple[float, str]:
 
 
 def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
+    """(train, eval) examples; a stage with its own ``load_data`` (several data sets: continual,
+    multitask) reads them itself."""
+    if hasattr(stage, "load_data"):
+        return stage.load_data(recipe, base_dir, say)
+    return default_load_data(recipe, stage, base_dir, say)
+
+
+def default_load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
     """(train, eval) examples; with data.shots/data.unlabeled, few-shot sampling (data/fewshot.py)."""
     if recipe.data.shots is None and recipe.data.unlabeled is None:
         return _load_labelled(recipe, stage, base_dir, say)
@@ -138,6 +148,9 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
           say: Callable[[str], None] = lambda s: None) -> RunSummary:
     seed_everything(recipe.train.seed)
     stage = build_stage(recipe.stage)
+    if recipe.train.adversarial is not None and stage.custom_loop and not getattr(stage, "adversarial_ok", False):
+        raise RecipeError(f"train.adversarial: stage {stage.name} runs its own training loop, which does not "
+                          f"apply adversarial training; use a stage trained by the shared engine")
     method = build_method(recipe.method)  # several entries: a Composite
     train_examples, eval_examples = load_data(recipe, stage, base_dir, say)
 
@@ -153,6 +166,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
 
     run_dir = check_run_dir(recipe, resume)
+    estimate = _estimate_before(recipe, config, stage, data, say) if stage.trains else None
     model = load_model(model_path, stage.head_name, recipe.model.dtype, recipe.model.trust_remote_code,
                        method.load_kwargs(), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
     if not stage.trains:
@@ -205,10 +219,32 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         eval_before=before, eval_after=after, samples=list(zip(prompts, answers_before or [""] * len(prompts),
                                                               answers_after)),
         history=result.history,
+        estimate_mb=estimate["total_mb"] if estimate else None, estimate=estimate,
     )
     write_report(run_dir, summary.as_dict())
+    if details := getattr(stage, "eval_details", None):  # e.g. continual's accuracy matrix
+        written = json.loads((run_dir / "eval.json").read_text())
+        atomic_write_text(run_dir / "eval.json", json.dumps({**written, **details}, indent=2, default=str))
     atomic_write_text(run_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
     return summary
+
+
+
+def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], None]) -> dict | None:
+    """The memory estimate (guide/estimate.py) from the recipe and the tokenized data; never fails."""
+    try:
+        from .guide.estimate import estimate_recipe, feature_stats
+
+        with torch.random.fork_rng(devices=[]):
+            seq, frac = feature_stats(data.train, recipe.train.batch_size)
+            est = estimate_recipe(recipe, config, seq_len=min(seq or recipe.train.max_length, recipe.train.max_length),
+                                  label_fraction=frac, head=stage.head_name,
+                                  num_labels=len(data.labels) if data.labels else None)
+        say(f"estimated peak memory: {est.total_mb:,.0f} MB")
+        return est.as_dict()
+    except Exception as exc:  # an estimate must never stop training
+        say(f"[dim]memory estimate unavailable: {type(exc).__name__}: {exc}")
+        return None
 
 
 def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, model_path: Path,

@@ -31,6 +31,44 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
     return path
 
 
+def plot_metrics(history: list[dict], path: Path) -> Path | None:
+    """Evaluation metrics other than the loss (accuracy, F1, perplexity…) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in history for k in r if k.startswith("eval_") and k != "eval_loss"
+                   and isinstance(r[k], (int, float))})
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in history if k in r]
+        ax.plot(*zip(*pts), "o-", label=k.removeprefix("eval_"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("metric")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def estimate_line(summary: dict) -> str | None:
+    """``- memory estimated before training: … MB; measured … MB (…)`` or None."""
+    est = summary.get("estimate_mb")
+    if not est:
+        return None
+    measured = summary.get("peak_memory_mb") or 0
+    parts = summary.get("estimate", {}) or {}
+    comps = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in (parts.get("components") or {}).items())
+    err = f"; error {100 * (est - measured) / measured:+.0f}%" if measured else ""
+    return (f"- memory estimated before training: {est:.0f} MB ({comps}); measured {measured:.0f} MB "
+            f"({summary.get('memory_kind', '')}){err}")
+
+
 def write_report(run_dir: Path, summary: dict) -> Path:
     """``summary`` holds the run's figures (see pipeline.RunSummary.as_dict)."""
     plot = plot_curves(summary.get("history", []), run_dir / "loss.png")
@@ -45,6 +83,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         f"tokens/s: {summary['tokens_per_s']:.0f}; precision: {summary['precision']}",
         f"- peak memory: {summary['peak_memory_mb']:.0f} MB ({summary['memory_kind']})",
         f"- training examples: {summary['train_examples']}; eval examples: {summary['eval_examples']}",
+        *([line] if (line := estimate_line(summary)) else []),
         "",
         "## Evaluation",
         "",
@@ -56,6 +95,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         lines.append(f"| {key} | {'' if b is None else f'{b:.4f}'} | {after[key]:.4f} |")
     if plot:
         lines += ["", "![loss](loss.png)"]
+    if plot_metrics(summary.get("history", []), run_dir / "metrics.png"):
+        lines += ["", "![metrics](metrics.png)"]
     for prompt, b, a in summary.get("samples", []):
         lines += ["", f"### {prompt}", "", "**before**", "", b or "_(empty)_", "", "**after**", "", a or "_(empty)_"]
     text = "\n".join(lines) + "\n"

@@ -1,0 +1,162 @@
+"""`leantune compare`: one recipe, several methods (or stages), same data and budget.
+
+Each variant trains through ``pipeline.train`` into ``OUT/runs/<variant>``; the table
+(``compare.json``, ``compare.md``) and charts (metric vs trainable parameters, wall
+time and peak memory) go to ``OUT``. Resumable: a variant whose run finished
+(``summary.json``) is skipped, one with checkpoints continues with ``resume``.
+With ``isolate`` (the CLI default) each variant runs in its own process, so its peak
+memory is its own; in-process runs report the process's peak so far.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import atomic_write_text
+
+METRIC_ORDER = ("accuracy", "macro_f1", "f1", "reward_accuracy", "loss", "perplexity")
+LOWER_IS_BETTER = {"loss", "perplexity"}
+
+
+@dataclass
+class Variant:
+    name: str
+    raw: dict
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    metric: str | None = None
+    charts: list[Path] = field(default_factory=list)
+
+
+def variants(raw: dict, methods: list[str] | None, stages: list[str] | None, out_dir: Path) -> list[Variant]:
+    """The recipe once per method (``lora``, ``lora+llrd`` for a composition) or per stage."""
+    out = []
+    for kind, items in (("method", methods or []), ("stage", stages or [])):
+        for item in items:
+            v = {k: (dict(x) if isinstance(x, dict) else x) for k, x in raw.items()}
+            if kind == "method":
+                v["method"] = [{"name": n} for n in item.split("+")]
+            else:
+                v["stage"] = {"name": item}
+            name = item.replace("+", "_")
+            v["output"] = {**(raw.get("output") or {}), "dir": str(out_dir / "runs"), "name": name,
+                           "overwrite": True}
+            out.append(Variant(name, v))
+    return out
+
+
+def pick_metric(rows: list[dict]) -> str | None:
+    keys = set().union(*[(r.get("eval_after") or {}).keys() for r in rows]) if rows else set()
+    for k in METRIC_ORDER:
+        if k in keys:
+            return k
+    return sorted(keys)[0] if keys else None
+
+
+def run_variant(v: Variant, base_dir: Path | None, isolate: bool, say: Callable[[str], None]) -> dict:
+    from ..training.checkpoint import list_checkpoints
+
+    run_dir = Path(v.raw["output"]["dir"]) / v.name
+    if (run_dir / "summary.json").is_file():
+        say(f"{v.name}: finished earlier, skipped")
+        return {**json.loads((run_dir / "summary.json").read_text()), "status": "skipped (finished)"}
+    resume = (run_dir / "run.json").is_file() and bool(list_checkpoints(run_dir / "checkpoints"))
+    say(f"{v.name}: {'resuming' if resume else 'training'} …")
+    try:
+        if isolate:
+            job = {"raw": v.raw, "resume": resume, "base_dir": str(base_dir) if base_dir else None}
+            proc = subprocess.run([sys.executable, "-m", "leantune.guide.compare", json.dumps(job)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"])
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            from ..pipeline import train
+            from ..recipe import load_recipe
+
+            summary = train(load_recipe(raw=v.raw), resume=resume, base_dir=base_dir, progress=False).as_dict()
+    except Exception as exc:  # one failing method must not end the comparison
+        msg = exc.args[0] if exc.args else str(exc)
+        msg = msg[0] if isinstance(msg, list) and msg else msg
+        say(f"[red]{v.name}: failed: {msg}")
+        return {"name": v.name, "status": f"failed: {msg}"}
+    return {**summary, "status": "resumed" if resume else "trained"}
+
+
+def row_of(name: str, s: dict, metric: str | None) -> dict:
+    return {
+        "variant": name, "status": s.get("status", ""), "method": s.get("method"), "stage": s.get("stage"),
+        "metric": (s.get("eval_after") or {}).get(metric) if metric else None,
+        "trainable_params": s.get("trainable_params"), "total_params": s.get("total_params"),
+        "wall_time_s": s.get("wall_time_s"), "tokens_per_s": s.get("tokens_per_s"),
+        "peak_memory_mb": s.get("peak_memory_mb"), "memory_kind": s.get("memory_kind"),
+        "estimate_mb": s.get("estimate_mb"), "steps": s.get("steps"), "eval_after": s.get("eval_after"),
+    }
+
+
+def compare(raw: dict, *, methods: list[str] | None = None, stages: list[str] | None = None, out_dir: Path,
+            base_dir: Path | None = None, isolate: bool = True,
+            say: Callable[[str], None] = lambda s: None) -> CompareResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vs = variants(raw, methods, stages, out_dir)
+    if not vs:
+        from ..errors import LeantuneError
+
+        raise LeantuneError("compare: give --methods and/or --stages")
+    summaries = [(v.name, run_variant(v, base_dir, isolate, say)) for v in vs]
+    metric = pick_metric([s for _, s in summaries])
+    result = CompareResult(out_dir, [row_of(n, s, metric) for n, s in summaries], metric)
+    atomic_write_text(out_dir / "compare.json", json.dumps(
+        {"metric": metric, "lower_is_better": metric in LOWER_IS_BETTER, "rows": result.rows}, indent=2))
+    atomic_write_text(out_dir / "compare.md", markdown(result))
+    from ..report.compare_charts import plot_compare
+
+    result.charts = plot_compare(result.rows, metric, out_dir)
+    if result.charts:  # re-write with the charts linked
+        atomic_write_text(out_dir / "compare.md", markdown(result))
+    return result
+
+
+def _fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def markdown(result: CompareResult) -> str:
+    m = result.metric or "metric"
+    lines = [f"# Comparison ({m}{', lower is better' if m in LOWER_IS_BETTER else ''})", "",
+             f"| variant | {m} | trainable params | wall time (s) | tokens/s | peak MB | estimated MB | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        lines.append(f"| {r['variant']} | {_fmt(r['metric'], '.4f')} | {_fmt(r['trainable_params'], ',')} | "
+                     f"{_fmt(r['wall_time_s'], '.1f')} | {_fmt(r['tokens_per_s'], '.0f')} | "
+                     f"{_fmt(r['peak_memory_mb'], '.0f')} | {_fmt(r['estimate_mb'], '.0f')} | {r['status']} |")
+    for c in result.charts:
+        lines += ["", f"![{c.stem}]({c.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _worker(job_json: str) -> int:
+    """``python -m leantune.guide.compare JOB``: one variant in a fresh process."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    job = json.loads(job_json)
+    from ..pipeline import train
+    from ..recipe import load_recipe
+
+    train(load_recipe(raw=job["raw"]), resume=job["resume"],
+          base_dir=Path(job["base_dir"]) if job["base_dir"] else None, progress=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))
