@@ -1,0 +1,72 @@
+"""Several data sets in one recipe (continual, multitask): each task's own train/eval files."""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ..data.formats import FORMATS, load_examples
+from ..errors import LeantuneError, RecipeError
+from ..stages.registry import StageConfig
+
+
+class TaskSpec(StageConfig):
+    name: str | None = Field(None, description="Task name (letters, digits, _ and -); default task<i>.")
+    data: str = Field(description="Training file (.jsonl/.json/.csv/.parquet) or builtin:NAME.")
+    eval: str | None = Field(None, description="Evaluation file; default: eval_split of data held out.")
+    format: str | None = None
+    eval_split: float = Field(0.2, ge=0, lt=1)
+    max_samples: int | None = Field(None, gt=0)
+    weight: float = Field(1.0, gt=0, description="multitask: weight of this task's loss.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", v):
+            raise ValueError("task names start with a letter and hold letters, digits, _ and -")
+        return v
+
+
+def task_names(tasks: list[TaskSpec]) -> list[str]:
+    names = [t.name or f"task{i}" for i, t in enumerate(tasks)]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"stage tasks: names must be unique, got {names}")
+    return names
+
+
+def load_tasks(tasks: list[TaskSpec], kinds: tuple[str, ...], stage: str, recipe, base_dir: Path | None,
+               say) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
+    """(train examples per task, eval examples per task, the data kind of each task)."""
+    from ..pipeline import resolve_data_path
+
+    if not tasks:
+        raise RecipeError(f"stage {stage}: give at least one task under stage.tasks")
+    if recipe.data.train:
+        say(f"[yellow]stage {stage} reads its data from stage.tasks; data.train ({recipe.data.train}) is ignored")
+    trains, evals, task_kinds = [], [], []
+    for i, t in enumerate(tasks):
+        skip = recipe.data.skip_invalid
+        tr = load_examples(resolve_data_path(t.data, base_dir), t.format, skip_invalid=skip)
+        kind = FORMATS[tr.format].kind
+        if kind not in kinds:
+            raise RecipeError(f"stage {stage}: task {i} ({t.data}) is '{tr.format}' data; the stage reads "
+                              f"{', '.join(sorted(n for n, f in FORMATS.items() if f.kind in kinds))}")
+        examples = tr.examples[: t.max_samples] if t.max_samples else tr.examples
+        if not examples:
+            raise LeantuneError(f"{tr.path}: no valid training examples")
+        if t.eval:
+            ev = load_examples(resolve_data_path(t.eval, base_dir), tr.format, skip_invalid=skip).examples
+        elif t.eval_split and len(examples) >= 5:
+            order = list(range(len(examples)))
+            random.Random(recipe.train.seed).shuffle(order)
+            held = set(order[: max(1, round(t.eval_split * len(examples)))])
+            ev = [examples[k] for k in sorted(held)]
+            examples = [e for k, e in enumerate(examples) if k not in held]
+        else:
+            ev = []
+        trains.append(examples)
+        evals.append(ev)
+        task_kinds.append(kind)
+    return trains, evals, task_kinds
