@@ -15,6 +15,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,10 +155,100 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
-def write_results(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(path: Path, payload: dict) -> Path:
+    """Write ``payload`` as JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------- lock-step workers
+#
+# On a shared, noisy machine the load drifts over minutes, so rows measured one after
+# another are not comparable. Workers of one group run side by side but take turns
+# step by step: the driver lets one worker run one step while the others wait, so
+# every row's k-th step sees about the same background load.
+
+class StepClock:
+    """Worker side: wait for the driver's go, time one step, report done."""
+
+    def __init__(self, sync: str | None):
+        self.fds = tuple(int(x) for x in sync.split(",")) if sync else None
+        self.steps: list[dict] = []
+        self._t0 = self._r0 = None
+
+    def begin(self) -> None:
+        if self.fds:
+            if not os.read(self.fds[0], 1):
+                raise SystemExit("driver went away")
+        self._r0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._t0 = time.perf_counter()
+
+    def end(self, **info) -> None:
+        t = time.perf_counter()
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        self.steps.append({"s": t - self._t0, "user_s": r.ru_utime - self._r0.ru_utime,
+                           "sys_s": r.ru_stime - self._r0.ru_stime, "minor_faults": r.ru_minflt - self._r0.ru_minflt,
+                           **info})
+        if self.fds:
+            os.write(self.fds[1], b".")
+
+
+def run_lockstep(script: Path, workers: dict[str, list[str]], steps: int, step_timeout: float = 600,
+                 env: dict | None = None, log=print) -> dict[str, dict]:
+    """Start every worker (``python script *args --sync R,W``), then hand out steps round-robin.
+
+    Returns each worker's ``RESULT`` JSON (or ``{"error": …}``).
+    """
+    import select
+    import tempfile
+
+    procs = {}
+    for name, args in workers.items():
+        go_r, go_w = os.pipe()
+        done_r, done_w = os.pipe()
+        out = tempfile.TemporaryFile("w+")
+        err = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen([sys.executable, str(script), *args, "--sync", f"{go_r},{done_w}"],
+                                stdout=out, stderr=err, pass_fds=(go_r, done_w), cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+        os.close(go_r)
+        os.close(done_w)
+        procs[name] = {"proc": proc, "go": go_w, "done": done_r, "out": out, "err": err, "alive": True}
+    t_start = time.perf_counter()
+    for step in range(steps):
+        for name, p in procs.items():
+            if not p["alive"]:
+                continue
+            try:
+                os.write(p["go"], b".")
+            except BrokenPipeError:
+                p["alive"] = False
+                continue
+            ready, _, _ = select.select([p["done"]], [], [], step_timeout)
+            if not ready or not os.read(p["done"], 1):
+                p["alive"] = False
+                log(f"  {name}: no step {step + 1} ({'timeout' if not ready else 'worker exited'})")
+        log(f"  step {step + 1}/{steps} done ({time.perf_counter() - t_start:.0f} s)")
+    results = {}
+    for name, p in procs.items():
+        os.close(p["go"])
+        try:
+            p["proc"].wait(timeout=step_timeout)
+        except subprocess.TimeoutExpired:
+            p["proc"].kill()
+            p["proc"].wait()
+        os.close(p["done"])
+        p["out"].seek(0)
+        p["err"].seek(0)
+        result = None
+        for line in p["out"].read().splitlines():
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+        if p["proc"].returncode != 0 or result is None:
+            tail = "\n".join(p["err"].read().splitlines()[-25:])
+            result = {"error": f"worker exited with {p['proc'].returncode}", "stderr_tail": tail}
+        results[name] = result
+    return results

@@ -7,10 +7,12 @@ exiting, metrics to ``metrics.jsonl`` and a progress bar with tokens per second.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -86,6 +88,35 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# glibc mallopt parameter: blocks at least this large are served by mmap and unmapped on free.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_memory_to_os(device: torch.device) -> bool:
+    """On Linux (glibc) CPU training, give freed activations back to the OS instead of hoarding them.
+
+    glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, so
+    afterwards activations come from its heap, which training's ever-changing tensor
+    sizes fragment: the heap keeps about as much free memory as it has in use, and
+    peak RSS sits far above the live tensors (SmolLM2-135M + LoRA, batch 8 × ≤128,
+    8 steps: 3.8 GB peak RSS with 1.5 GB in use in the heap). A fixed 1 MiB threshold
+    keeps blocks of that size and more in mmap, so the peak RSS follows the live
+    tensors (2.75 GB there). The price is page faults on fresh pages, a few tenths of
+    a second of system time per step there. Numerics are untouched. Process-wide, and
+    left in place: glibc cannot switch its dynamic threshold back on. Returns whether
+    the setting was applied.
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def batch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
@@ -174,6 +205,7 @@ class Engine:
     def fit(self, resume: bool = False) -> TrainResult:
         cfg, model = self.cfg, self.model
         seed_everything(cfg.seed)
+        return_freed_memory_to_os(self.device)
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):

@@ -2,7 +2,12 @@
 
 For causal LMs, the output projection runs only at positions that carry a label:
 with a 49k-token vocabulary the full logits tensor is the largest activation of a
-small model, and in instruction tuning most positions are prompt or padding.
+small model, and in instruction tuning most positions are prompt or padding. Even
+those labelled logits are never held whole: the projection and the cross-entropy run
+tile by tile, with the gradients computed on the way (:class:`_LinearCrossEntropy`).
+Right-padded batches run without an attention mask: under a causal mask no real
+token sees the padding after it, and the padding carries no labels, so the loss is
+the same while attention takes its plain causal path.
 """
 from __future__ import annotations
 
@@ -52,11 +57,98 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     if _uses_prompt_learning(model) or _adds_to_loss(model) or (path := _fast_path(unwrap(model))) is None:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     backbone, head = path
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"]
+    hidden = backbone(input_ids=batch["input_ids"],
+                      attention_mask=None if _only_trailing_padding(mask, labels) else mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    logits = head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    return head_cross_entropy(head, hidden[:, :-1][keep], targets[keep])
+
+
+def _only_trailing_padding(mask: torch.Tensor | None, labels: torch.Tensor) -> bool:
+    """True when every row is real tokens then padding (or no padding), with no label on the padding.
+
+    Then a causal model gives the same hidden states at every real position with or
+    without the mask, and only real positions reach the loss.
+    """
+    if mask is None or mask.dim() != 2 or mask.shape != labels.shape:
+        return False
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool((labels[mask == 0] == IGNORE).all())
+
+
+# Logits per tile of the tiled cross-entropy: 2^23 values (32 MB in fp32, ~170 positions of a 49k vocabulary).
+TILE_ELEMENTS = 1 << 23
+
+
+def head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(head(hidden).float(), targets)`` (targets all valid), tiled when ``head`` is a
+    plain ``nn.Linear``; anything else (a PEFT-wrapped or quantized head, hooks) takes the plain route."""
+    weight = getattr(head, "weight", None)
+    device = hidden.device.type
+    autocast = torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if autocast else weight.dtype if weight is not None else None
+    if (type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks or not targets.numel()
+            or not (autocast or hidden.dtype == weight.dtype) or not weight.is_floating_point()
+            or bool((targets < 0).any())):
+        return F.cross_entropy(head(hidden).float(), targets)
+    grad = torch.is_grad_enabled()
+    needs = (grad and hidden.requires_grad, grad and weight.requires_grad,
+             grad and head.bias is not None and head.bias.requires_grad)
+    return _LinearCrossEntropy.apply(hidden, weight, head.bias, targets, dtype, needs)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean(cross_entropy(hidden @ weight.T + bias, targets)) without the whole logits tensor.
+
+    The positions are cut into tiles; per tile the logits are computed in the compute
+    dtype (the autocast dtype, as ``F.linear`` would), the log-softmax in fp32, and,
+    when a gradient is wanted, ``(softmax - onehot) / n`` is turned at once into the
+    gradients of hidden, weight and bias: the same products backward would compute
+    over the whole tensor, so no recomputation. Peak memory is one tile of logits
+    instead of three full (positions × vocabulary) tensors (logits, log-softmax
+    saved for backward, its gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, dtype, needs):
+        need_h, need_w, need_b = needs
+        n, vocab = targets.numel(), weight.shape[0]
+        tile = max(1, TILE_ELEMENTS // vocab)
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_b else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for s in range(0, n, tile):
+                hs, ts = h[s: s + tile], targets[s: s + tile]
+                logp = torch.log_softmax(F.linear(hs, w, b).float(), dim=-1)  # the kernel F.cross_entropy uses
+                total -= logp.gather(1, ts[:, None]).sum()
+                if not (need_h or need_w or need_b):
+                    continue
+                g = logp.exp_()  # softmax, in place
+                g[torch.arange(len(ts), device=g.device), ts] -= 1.0
+                g = g.div_(n).to(dtype)
+                if need_h:
+                    grad_h[s: s + tile] = g @ w
+                if need_w:
+                    grad_w += (g.t() @ hs).float()
+                if need_b:
+                    grad_b += g.float().sum(0)
+        ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                     None if grad_b is None else grad_b.to(bias.dtype))
+        return total / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        if ctx.grads is None:
+            raise RuntimeError("the tiled cross-entropy computes its gradients once; backward ran twice")
+        scale = None if grad_out.item() == 1.0 else grad_out
+        grads = [None if g is None else g if scale is None else g * scale.to(g.dtype) for g in ctx.grads]
+        ctx.grads = None  # release them now, not when the graph goes
+        return (*grads, None, None, None)
 
 
 def causal_lm_token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
