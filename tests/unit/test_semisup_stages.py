@@ -234,7 +234,6 @@ def test_label_recipes_load():
 
 
 def test_bilingual_dialog_rows_pair_topics_across_languages():
-    pytest.importorskip("chatterbot_corpus")
     from leantune.semisup.contrastive import DIALOG_CATEGORY_MAP, bilingual_category_rows
 
     rows = bilingual_category_rows()
