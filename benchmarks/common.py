@@ -172,17 +172,24 @@ def write_results(path: Path, payload: dict) -> Path:
 # every row's k-th step sees about the same background load.
 
 class StepClock:
-    """Worker side: wait for the driver's go, time one step, report done."""
+    """Worker side: say ready, then per step wait for the driver's go, time the step, report done;
+    :meth:`finish` waits until every worker of the group has finished its steps."""
 
     def __init__(self, sync: str | None):
         self.fds = tuple(int(x) for x in sync.split(",")) if sync else None
         self.steps: list[dict] = []
         self._t0 = self._r0 = None
+        self._ready = False
+
+    def _wait(self) -> None:
+        if self.fds and not os.read(self.fds[0], 1):
+            raise SystemExit("the driver went away")
 
     def begin(self) -> None:
-        if self.fds:
-            if not os.read(self.fds[0], 1):
-                raise SystemExit("driver went away")
+        if self.fds and not self._ready:
+            os.write(self.fds[1], b"r")  # loaded: the driver starts step 1 once all are
+            self._ready = True
+        self._wait()
         self._r0 = resource.getrusage(resource.RUSAGE_SELF)
         self._t0 = time.perf_counter()
 
@@ -194,6 +201,11 @@ class StepClock:
                            **info})
         if self.fds:
             os.write(self.fds[1], b".")
+
+    def finish(self) -> None:
+        """After the last step: wait until the others are done too, so that no post-training
+        work (evaluation, teardown) runs beside another worker's timed step."""
+        self._wait()
 
 
 def run_lockstep(script: Path, workers: dict[str, list[str]], steps: int, step_timeout: float = 600,
@@ -217,6 +229,17 @@ def run_lockstep(script: Path, workers: dict[str, list[str]], steps: int, step_t
         os.close(go_r)
         os.close(done_w)
         procs[name] = {"proc": proc, "go": go_w, "done": done_r, "out": out, "err": err, "alive": True}
+
+    def receive(name: str, p: dict, what: str) -> bool:
+        ready, _, _ = select.select([p["done"]], [], [], step_timeout)
+        if ready and os.read(p["done"], 1):
+            return True
+        p["alive"] = False
+        log(f"  {name}: no {what} ({'timeout' if not ready else 'worker exited'})")
+        return False
+
+    for name, p in procs.items():  # every worker loaded before step 1
+        receive(name, p, "ready signal")
     t_start = time.perf_counter()
     for step in range(steps):
         for name, p in procs.items():
@@ -227,11 +250,13 @@ def run_lockstep(script: Path, workers: dict[str, list[str]], steps: int, step_t
             except BrokenPipeError:
                 p["alive"] = False
                 continue
-            ready, _, _ = select.select([p["done"]], [], [], step_timeout)
-            if not ready or not os.read(p["done"], 1):
-                p["alive"] = False
-                log(f"  {name}: no step {step + 1} ({'timeout' if not ready else 'worker exited'})")
+            receive(name, p, f"step {step + 1}")
         log(f"  step {step + 1}/{steps} done ({time.perf_counter() - t_start:.0f} s)")
+    for p in procs.values():  # release them all together (StepClock.finish)
+        try:
+            os.write(p["go"], b".")
+        except BrokenPipeError:
+            pass
     results = {}
     for name, p in procs.items():
         os.close(p["go"])

@@ -121,7 +121,6 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     import torch
 
     import leantune.training.engine as engine_module
-
     from leantune.methods.registry import build_method
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
@@ -167,6 +166,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
 
         engine.micro_batch = timed_micro_batch
         result = engine.fit()
+    clock.finish()
     peak_training = peak_rss_mb()
     t_eval = time.perf_counter()
     after = loss_after(model, stage, features)
@@ -236,6 +236,7 @@ def worker_trl(method_name: str, precision: str, steps: int, clock: StepClock, o
         same_ids = sum(tuple(row["input_ids"]) in ours for row in trainer.train_dataset)
         rss_loaded = current_rss_mb()
         trainer.train()
+        clock.finish()
         train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         model = trainer.model
         extra = {"gradient_checkpointing": bool(args.gradient_checkpointing), "optimizer": str(args.optim),
