@@ -49,7 +49,7 @@ SETTINGS: dict[str, dict] = {
     "freeze": {"last_n_layers": 2},
     "llrd": {"decay": 0.9},
     "embedding": {},
-    "bitfit": {},                      # default settings: n/a on Llama (no biases), by design
+    "bitfit": {"add_missing_biases": True},  # Llama has no biases: zero-initialised ones are added
     "ln_tuning": {},
     "lora": {"r": 8, "alpha": 16, "targets": "auto"},
     "qlora": {"r": 8, "alpha": 16, "targets": "auto"},
