@@ -126,7 +126,7 @@ def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", 
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"eval": str(data)})})
     stage = build_stage(recipe.stage)
     stage.head_name = run.head
-    if recipe.stage["name"] == "cls":
+    if recipe.stage["name"] in ("cls", "pet"):  # the label order the run was trained with
         stage.config.labels = run.labels
     if data is not None:  # only this file: the recorded train path may be relative to the recipe's folder
         from .data.formats import FORMATS, load_examples
@@ -140,6 +140,8 @@ def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", 
     prepared = stage.prepare(recipe, run.tokenizer, [], eval_examples)
     if not prepared.eval:
         raise LeantuneError(f"{run_dir}: no evaluation data (pass --data FILE)")
+    if hasattr(stage, "load_extra"):  # what the stage trained beside the method (pet: words, soft prompt)
+        stage.load_extra(run.model, run.run_dir / "adapter")
     metrics = stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
     console.print_json(json.dumps(metrics))
 

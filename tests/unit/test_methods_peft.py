@@ -648,6 +648,28 @@ def test_prompt_tuning_text_init_without_a_tokenizer_fails_before_training(tmp_p
         build("prompt_tuning", init="text", init_text="Classify").apply(base, "causal_lm")
 
 
+def test_p_tuning_v2_text_init_acts_as_that_text_before_the_input(tiny_model_dir, tiny_tokenizer):
+    """Deep prompts started at the frozen model's keys/values of a text: the model then
+    predicts exactly as the base model does with that text in front of the input."""
+    method = build("p_tuning_v2", init="text", init_text="Classify")
+    base = load_base(tiny_model_dir, "llama")
+    prefix = tiny_tokenizer("Classify", add_special_tokens=False)["input_ids"][:N_VIRTUAL]
+    ids = torch.tensor([tiny_tokenizer("hi there", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        want = base(input_ids=torch.cat([torch.tensor([prefix]), ids], 1)).logits[:, len(prefix):]
+    model = method.apply(base, "causal_lm")
+    model.eval()
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_p_tuning_v2_text_init_on_a_classifier_fails_before_training(tiny_model_dir):
+    base = load_base(tiny_model_dir, "bert-cls")
+    with pytest.raises(MethodError, match="init: text is defined for causal LMs"):
+        build("p_tuning_v2", init="text", init_text="Classify").apply(base, "seq_cls")
+
+
 # --------------------------------------------------------------------------- through the pipeline
 
 QA = [("What is the capital of France?", "Paris."), ("Say hello.", "Hello!"), ("Add two and two.", "4"),

@@ -152,3 +152,76 @@ def test_icl_generation(tmp_path, tiny_model_dir):
     s = train(load_recipe(raw=raw), progress=False)
     out = json.loads((Path(s.run_dir) / "eval.json").read_text())
     assert set(out["metrics"]) == {"exact_match", "f1"} and len(out["predictions"]) == 4
+
+
+def test_leantune_eval_restores_a_pet_run(tmp_path, tiny_model_dir):
+    """``leantune eval`` scores with the run's trained soft prompt, searched words and triggers, and
+    its label order, even on a file holding one label only."""
+    from typer.testing import CliRunner
+
+    from leantune.cli import app
+
+    stage = {"name": "pet", "templates": ["{soft:2}{text} {trigger:2} {mask}."], "verbalizer": "auto",
+             "autoprompt_iterations": 2, "autoprompt_candidates": 3}
+    recipe = _recipe(tmp_path, tiny_model_dir("bert", "masked_lm"), stage, train={"max_steps": 4, "lr": 5e-2})
+    s = train(recipe, progress=False)
+
+    def cli_eval(rows: list[dict]) -> dict:
+        path = tmp_path / f"eval-{len(rows)}-{rows[0]['label']}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = CliRunner().invoke(app, ["eval", s.run_dir, "--data", str(path)], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)
+
+    full = cli_eval(EVAL)
+    assert full["accuracy"] == s.eval_after["accuracy"]
+    assert full["loss"] == pytest.approx(s.eval_after["loss"], abs=1e-5)
+    xs, ys = cli_eval([r for r in EVAL if r["label"] == "x"]), cli_eval([r for r in EVAL if r["label"] == "y"])
+    assert (xs["loss"] + ys["loss"]) / 2 == pytest.approx(full["loss"], abs=1e-5)  # 2 posts each
+    assert (xs["accuracy"] + ys["accuracy"]) / 2 == pytest.approx(full["accuracy"])
+
+
+def test_icl_fixed_demonstrations_share_a_cached_prefix(tmp_path, tiny_model_dir, monkeypatch):
+    from leantune.stages import icl
+
+    stage = {"name": "icl", "template": "{text} => {mask}", "verbalizer": {"x": "p", "y": "q"}, "k": 3,
+             "selection": "random", "fixed": True, "calibrate": True}
+    recipe = _recipe(tmp_path, tiny_model_dir("llama"), stage, data={"shots": 2})
+    cached = json.loads((Path(train(recipe, progress=False).run_dir) / "eval.json").read_text())
+    assert len({tuple(p["demonstrations"]) for p in cached["predictions"]}) == 1
+    monkeypatch.setattr(icl, "MIN_CACHED_PREFIX", 10**9)
+    recipe.output.overwrite = True
+    plain = json.loads((Path(train(recipe, progress=False).run_dir) / "eval.json").read_text())
+    for a, b in zip(cached["predictions"], plain["predictions"]):
+        assert a["demonstrations"] == b["demonstrations"] and a["probs"] == pytest.approx(b["probs"], abs=1e-4)
+    assert cached["metrics"] == plain["metrics"]
+
+
+def test_icl_fixed_refuses_query_dependent_demonstrations():
+    with pytest.raises(RecipeError, match="fixed"):
+        load_recipe(raw={"model": "x", "stage": {"name": "icl", "fixed": True, "selection": "similar"}})
+
+
+def test_full_pet_run_on_a_legacy_checkpoint_reloads_its_trained_weights(tmp_path, tiny_model_dir):
+    """Checkpoints that name LayerNorm parameters gamma/beta (as BERT-tiny's does) are renamed on
+    load; the run must save the trained weights under the names it reads back."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from leantune.cli import app
+
+    legacy = tmp_path / "legacy-bert"
+    shutil.copytree(tiny_model_dir("bert", "masked_lm"), legacy)
+    state = load_file(str(legacy / "model.safetensors"))
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in state.items()}
+    assert renamed.keys() != state.keys()
+    save_file(renamed, str(legacy / "model.safetensors"), metadata={"format": "pt"})
+    stage = {"name": "pet", "templates": ["{text} It was {mask}."], "verbalizer": {"x": "p", "y": "q"}}
+    s = train(_recipe(tmp_path, legacy, stage, train={"max_steps": 4}), progress=False)
+    ev = tmp_path / "eval.jsonl"
+    out = CliRunner().invoke(app, ["eval", s.run_dir, "--data", str(ev)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["loss"] == pytest.approx(s.eval_after["loss"], abs=1e-6)

@@ -25,7 +25,9 @@ class Full(Method):
         return model
 
     def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
+        # the model's own parameter names, which :meth:`load` reads back; by default transformers
+        # writes a checkpoint's legacy names (BERT-tiny's LayerNorm gamma/beta), which it would skip
+        model.save_pretrained(path, safe_serialization=True, save_original_format=False)
 
     def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
         files = sorted(Path(path).glob("*.safetensors"))

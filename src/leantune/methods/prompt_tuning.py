@@ -81,6 +81,36 @@ class PromptCount(MethodConfig):
     num_virtual_tokens: int = Field(20, ge=1, le=1024, description="Number of virtual tokens (prompt length n).")
 
 
+class TextInit(PromptCount):
+    init: Literal["random", "text"] = Field(
+        "random", description="Start the prompt at random, or from init_text (see the method).")
+    init_text: str | None = Field(
+        None, min_length=1,
+        description="Text that initialises the prompt (init: text); repeated or cut to n tokens.")
+
+    @model_validator(mode="after")
+    def _text_given(self):
+        if self.init == "text" and not self.init_text:
+            raise ValueError("init: text needs init_text (e.g. a short description of the task)")
+        if self.init == "random" and self.init_text:
+            raise ValueError("init_text is only used with init: text")
+        return self
+
+
+def model_tokenizer(model: nn.Module, method: str):
+    """(path, tokenizer) of the folder the model was loaded from, for text initialisations."""
+    source = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
+    try:
+        from transformers import AutoTokenizer
+
+        return source, AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise MethodError(
+            f"method '{method}': init: text needs the model's tokenizer, which could not be loaded "
+            f"from {source!r} ({type(exc).__name__}); use init: random"
+        ) from None
+
+
 @register
 class PromptTuning(PromptLearning):
     name = "prompt_tuning"
@@ -90,37 +120,16 @@ class PromptTuning(PromptLearning):
     summary = ("Learn only n soft-prompt embeddings before the input; the fewest parameters of all, "
                "competitive once the model has billions of parameters.")
 
-    class Config(PromptCount):
-        init: Literal["random", "text"] = Field(
-            "random", description="Start the prompt at random, or from the token embeddings of init_text.")
-        init_text: str | None = Field(
-            None, min_length=1,
-            description="Text whose token embeddings initialise the prompt (init: text); repeated or cut to n tokens.")
-
-        @model_validator(mode="after")
-        def _text_given(self):
-            if self.init == "text" and not self.init_text:
-                raise ValueError("init: text needs init_text (e.g. a short description of the task)")
-            if self.init == "random" and self.init_text:
-                raise ValueError("init_text is only used with init: text")
-            return self
+    class Config(TextInit):
+        """init: text starts the prompt at the token embeddings of init_text."""
 
     def peft_config(self, model: nn.Module, head: str) -> PeftConfig:
         cfg = self.config
         kwargs = {}
         if cfg.init == "text":
-            source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
-            try:
-                from transformers import AutoTokenizer
-
-                AutoTokenizer.from_pretrained(source)
-            except Exception as exc:
-                raise MethodError(
-                    f"method '{self.name}': init: text needs the model's tokenizer, which could not be loaded "
-                    f"from {source!r} ({type(exc).__name__}); use init: random"
-                ) from None
+            source, _ = model_tokenizer(model, self.name)
             kwargs = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.init_text,
-                      "tokenizer_name_or_path": str(source)}
+                      "tokenizer_name_or_path": source}
         return PromptTuningConfig(task_type=TASK_TYPES[head], num_virtual_tokens=cfg.num_virtual_tokens, **kwargs)
 
 

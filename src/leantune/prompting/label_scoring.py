@@ -7,6 +7,10 @@ w is scored by log p(t1 | prompt), log p(t2 | prompt, t1), … (teacher forcing)
 
 ``mean`` averages a word's token log-probabilities, ``first`` keeps the first token's.
 Several words of one label are pooled by the mean of their probabilities.
+
+Causal prompts that all start with the same tokens (in-context learning with one fixed set
+of demonstrations) can share that prefix: :func:`prefix_cache` runs it once and
+``past=`` lets every batch attend to its keys and values instead of recomputing them.
 """
 from __future__ import annotations
 
@@ -48,15 +52,56 @@ def _embed(model, input_ids, soft_index, soft: SoftPrompt | None):
     return emb
 
 
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all ``rows`` have in common, leaving each row at least one
+    token of its own (the scored position must be computed, not cached)."""
+    if not rows:
+        return 0
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def prefix_cache(model: nn.Module, prefix_ids: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Per layer (keys, values) of a causal LM on one prompt prefix ``[1, P]``, for ``past=``."""
+    path = None if _uses_prompt_learning(model) else _fast_path(unwrap(model))
+    net = path[0] if path is not None else model
+    out = net(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True)
+    return tuple((k, v) for k, v, *_ in out.past_key_values)
+
+
+def _expand_past(past, batch: int):
+    """A fresh cache holding ``past`` (batch 1) for ``batch`` rows; the forward pass appends to
+    the new cache's own tensors, so ``past`` itself is never changed."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in past])
+
+
 def logprobs_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 positions: torch.Tensor, soft_index: torch.Tensor | None = None,
                 soft: SoftPrompt | None = None, causal: bool = False,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """Log-softmax over the vocabulary at ``positions`` [B, P] → [B, P, V] (float32)."""
+                inputs_embeds: torch.Tensor | None = None, past=None) -> torch.Tensor:
+    """Log-softmax over the vocabulary at ``positions`` [B, P] → [B, P, V] (float32).
+
+    ``past`` (causal LMs, from :func:`prefix_cache`): ``input_ids`` continue that prefix and
+    ``positions`` count from the first token after it.
+    """
     L = input_ids.shape[1]
     embeds = inputs_embeds if inputs_embeds is not None else (
         _embed(model, input_ids, soft_index, soft) if soft is not None else None)
     kwargs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": input_ids}
+    if past is not None:
+        if not causal or _uses_prompt_learning(model):
+            raise ValueError("a cached prompt prefix works with causal LMs without virtual tokens only")
+        B, P = input_ids.shape[0], past[0][0].shape[2]
+        kwargs["past_key_values"] = _expand_past(past, B)
+        attention_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
     path = None if (not causal or _uses_prompt_learning(model)) else _fast_path(unwrap(model))
     idx = positions.unsqueeze(-1)
     if path is not None:  # causal LM: the output head runs only at the scored positions
@@ -114,7 +159,7 @@ def mlm_token_logprobs(model, batch: dict, words: torch.Tensor, soft: SoftPrompt
 
 
 def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torch.Tensor, mode: str,
-                          soft: SoftPrompt | None = None) -> torch.Tensor:
+                          soft: SoftPrompt | None = None, past=None) -> torch.Tensor:
     """Causal LM: [B, W, M] teacher-forced log-probs of each word after each prompt.
 
     With ``first`` scoring (or one-token words) one forward pass over the prompts suffices;
@@ -125,7 +170,7 @@ def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torc
     words = words.to(ids.device)
     B, W, M = ids.shape[0], words.shape[0], words.shape[1]
     if mode == "first" or M == 1:
-        lp = logprobs_at(model, ids, mask, last, batch.get("soft_index"), soft, causal=True)[:, 0]  # [B, V]
+        lp = logprobs_at(model, ids, mask, last, batch.get("soft_index"), soft, causal=True, past=past)[:, 0]
         first = lp[:, words[:, 0]]  # [B, W]
         return torch.cat([first.unsqueeze(-1), first.new_zeros(B, W, M - 1)], dim=-1)
     soft_index = batch.get("soft_index")
@@ -147,16 +192,18 @@ def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torc
         am[i, :len(r)] = 1
         if si is not None:
             si[i, :len(r)] = soft_rows[i]
-    lp = logprobs_at(model, x, am, torch.stack(pos_rows), si, soft, causal=True)  # [B*W, M, V]
+    lp = logprobs_at(model, x, am, torch.stack(pos_rows), si, soft, causal=True, past=past)  # [B*W, M, V]
     targets = words.unsqueeze(0).expand(B, -1, -1).reshape(B * W, M, 1)
     return lp.gather(-1, targets).squeeze(-1).view(B, W, M)
 
 
 def score_labels(model, batch: dict, words: torch.Tensor, lengths: torch.Tensor, word_label: list[int],
-                 n_labels: int, *, causal: bool, mode: str = "mean", soft: SoftPrompt | None = None) -> torch.Tensor:
-    """[B, L] label log-scores (log of the mean label-word probability)."""
+                 n_labels: int, *, causal: bool, mode: str = "mean", soft: SoftPrompt | None = None,
+                 past=None) -> torch.Tensor:
+    """[B, L] label log-scores (log of the mean label-word probability); ``past``: see
+    :func:`logprobs_at` (causal LMs)."""
     if causal:
-        tok = causal_token_logprobs(model, batch, words, lengths, mode, soft)
+        tok = causal_token_logprobs(model, batch, words, lengths, mode, soft, past)
     else:
         tok = mlm_token_logprobs(model, batch, words, soft)
         lengths = lengths.clamp(max=tok.shape[-1])

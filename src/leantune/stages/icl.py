@@ -5,8 +5,9 @@ Classification: label words scored at the query's {mask} (optionally calibrated,
 al. 2021); accuracy and macro-F1. Generation (chat data): greedy continuation after the
 query; exact match and token F1. Demonstrations are chosen ``random``ly, ``balanced``
 over labels, or ``similar`` to the query (sentence embeddings), and ordered ``random``ly or
-``similar_last``. ``preset: nli`` is zero-shot classification by an NLI-style template
-(K = 0 works: ``data.shots: 0``).
+``similar_last``; drawn per query, or once for all queries (``fixed``: one prompt, as in
+Zhao et al. 2021, whose shared prefix is then computed once and cached). ``preset: nli`` is
+zero-shot classification by an NLI-style template (K = 0 works: ``data.shots: 0``).
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from collections import Counter
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
 from ..prompting.calibration import calibrate, content_free_probs
 from ..prompting.demonstrations import (cosine, example_text, get_embedder, order, render_demonstrations,
                                         select)
-from ..prompting.label_scoring import collate_prompts, score_labels
+from ..prompting.label_scoring import collate_prompts, prefix_cache, score_labels, shared_prefix_length
 from ..prompting.template import Template, truncate_text
 from ..prompting.verbalizer import PRESETS, Verbalizer, label_description
 from ..training.modes import evaluating
@@ -32,6 +33,7 @@ from .pet import PromptSettings, check_labels, prompt_head
 from .registry import PreparedData, Stage, register
 
 DEFAULT_TEMPLATES = {"classification": "{text}\nAnswer: {mask}", "generation": "Question: {text}\nAnswer: {mask}"}
+MIN_CACHED_PREFIX = 16  # shorter shared prompt prefixes are not worth a cache
 
 
 @register
@@ -49,11 +51,20 @@ class ICL(Stage):
         k: int | None = Field(None, ge=0, description="Demonstrations per prompt; default: the whole pool.")
         selection: Literal["random", "balanced", "similar"] = "random"
         order: Literal["random", "similar_last"] = "random"
+        fixed: bool = Field(False, description="One draw of demonstrations for every query (not per query); "
+                                               "its shared prompt prefix is computed once.")
         embedder: str = Field("minilm-l6", description="Sentence-embedding model for similar / similar_last.")
         separator: str = "\n\n"
         max_demo_tokens: int | None = Field(128, gt=0, description="Each demonstration's text cut to this.")
         max_new_tokens: int = Field(32, gt=0)
         seed: int | None = Field(None, description="Selection/order seed; default train.seed.")
+
+        @model_validator(mode="after")
+        def _fixed_needs_no_query(self):
+            if self.fixed and (self.selection == "similar" or self.order == "similar_last"):
+                raise ValueError("fixed: true draws one set of demonstrations for all queries; selection "
+                                 "'similar' and order 'similar_last' depend on the query")
+            return self
 
     embedder = None  # a callable texts -> Tensor[N, D]; set it to plug in another embedder
 
@@ -120,7 +131,7 @@ class ICL(Stage):
 
     def demonstrations(self, i: int, sims: torch.Tensor | None) -> list[int]:
         cfg = self.config
-        rng = random.Random(self.seed * 1_000_003 + i)
+        rng = random.Random(self.seed * 1_000_003 + (0 if cfg.fixed else i))
         k = len(self.pool) if cfg.k is None else cfg.k
         row = sims[i] if sims is not None else None
         chosen = select(self.pool, k, cfg.selection, rng, row)
@@ -160,13 +171,19 @@ class ICL(Stage):
             rows = [self._encode(ex, pre, self.names[lab]) for ex, pre in queries for lab in self.labels]
         else:
             rows = [self._encode(ex, pre) for ex, pre in queries]
+        past = None
+        cut = shared_prefix_length([r["input_ids"] for r in rows]) if self.causal and len(rows) > 1 else 0
+        if cut >= MIN_CACHED_PREFIX:  # e.g. fixed demonstrations: run them once, score only the rest
+            past = prefix_cache(model, torch.tensor([rows[0]["input_ids"][:cut]], device=device))
+            rows = [{**r, "input_ids": r["input_ids"][cut:], "mask_positions": [p - cut for p in r["mask_positions"]]}
+                    for r in rows]
         out = []
         for s in range(0, len(rows), batch_size):
             chunk = rows[s:s + batch_size]
             batch = {k: v.to(device) for k, v in collate_prompts(chunk, self.pad_id).items()}
             out.append(score_labels(model, batch, self.words, self.lengths, self.verbalizer.word_label,
                                     len(self.verbalizer.labels), causal=self.causal,
-                                    mode=self.verbalizer.mode).float().cpu())
+                                    mode=self.verbalizer.mode, past=past).float().cpu())
         scores = torch.cat(out)
         if self.template.has_label:
             yes = self.answer.labels.index("yes")
@@ -189,7 +206,8 @@ class ICL(Stage):
         gold = [index[str(e["label"])] for e in features]
         metrics: dict[str, float] = {}
         if self.config.calibrate:
-            metrics["accuracy_uncalibrated"] = classification_metrics(probs.argmax(-1).tolist(), gold)["accuracy"]
+            raw = classification_metrics(probs.argmax(-1).tolist(), gold)
+            metrics.update(accuracy_uncalibrated=raw["accuracy"], macro_f1_uncalibrated=raw["macro_f1"])
             pair = any(e.get("text_pair") for e in features)
             cache: dict[tuple, torch.Tensor] = {}
             calibrated = []

@@ -167,9 +167,33 @@ class PET(Stage):
             gen = torch.Generator().manual_seed(self.seed)
             rows = torch.randint(0, min(emb.shape[0], 5000), (self.n_soft,), generator=gen)
             self.soft = SoftPrompt(self.n_soft, emb.detach()[rows.to(emb.device)]).to(emb.device)
+        self._encode_words()
+
+    def _encode_words(self) -> None:
         space = any(t.encode(self.tokenizer, {"text": "x", "text_pair": "x"}, causal=self.causal).prefix_space
                     for t in self.templates[:1])
         self.words, self.lengths = self.verbalizer.encode(self.tokenizer, space)
+
+    def load_extra(self, model, folder: Path) -> None:
+        """Restore what :meth:`save_extra` wrote (verbalizer, AutoPrompt triggers, soft prompt) so
+        that a reloaded run scores as at the end of its training, instead of searching words and
+        triggers again or starting a fresh soft prompt. Call after :meth:`prepare`."""
+        folder = Path(folder)
+        info = json.loads((folder / "prompting.json").read_text())
+        if info["labels"] != self.labels:
+            raise RecipeError(f"{folder}: the run was trained with labels {info['labels']}, not {self.labels}")
+        words = info["verbalizer"]
+        self.verbalizer = Verbalizer(self.labels, words["words"], words["mode"])
+        for template, ids in zip(self.templates, info["trigger_ids"]):
+            template.trigger_ids = ids
+        if self.n_soft:
+            from safetensors.torch import load_file
+
+            weight = load_file(str(folder / "soft_prompt.safetensors"))["weight"]
+            device = input_embeddings(model).weight.device
+            self.soft = SoftPrompt(self.n_soft, weight).to(device)
+        self._ready_done = True
+        self._encode_words()
 
     def attach(self, model):
         self._ready(model)
@@ -223,7 +247,8 @@ class PET(Stage):
         metrics: dict[str, float] = {}
         if self.config.calibrate:
             raw = combine(per_template, self.config.ensemble)
-            metrics["accuracy_uncalibrated"] = classification_metrics(raw.argmax(-1).tolist(), gold)["accuracy"]
+            plain = classification_metrics(raw.argmax(-1).tolist(), gold)
+            metrics.update(accuracy_uncalibrated=plain["accuracy"], macro_f1_uncalibrated=plain["macro_f1"])
             per_template = [calibrate(p, cf) for p, cf in zip(per_template, self.content_free(model, batch_size))]
         probs = combine(per_template, self.config.ensemble)
         target = torch.tensor(gold)
