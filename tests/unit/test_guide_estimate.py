@@ -1,75 +1,195 @@
-"""The memory estimator's components against hand computation on a tiny config."""
+"""The memory estimator's components against hand computation on tiny configs, and its
+activation formula against the tensors autograd really saves."""
 from __future__ import annotations
 
 import json
 
 import pytest
-from transformers import BertConfig, LlamaConfig
+import torch
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from leantune.cli import app
 from leantune.guide.estimate import (
-    MB, NF4_BYTES, Setting, activation_bytes_per_layer, estimate, parse_count, parse_size, shape_from_config,
-    shape_from_numbers, suggestions, verdict,
+    MB, NF4_BYTES, Setting, activation_bytes_per_layer, count_trainable, estimate, parse_count, parse_size,
+    shape_from_config, shape_from_numbers, suggestions, top_activation_bytes, verdict,
 )
+from leantune.training.losses import TILE_ELEMENTS, unwrap
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 H, F, L, A, KV, V = 32, 64, 2, 4, 2, 300
+KVH = H * KV // A  # 16
+
+
+def llama_config(**kw) -> LlamaConfig:
+    base = dict(vocab_size=V, hidden_size=H, intermediate_size=F, num_hidden_layers=L, num_attention_heads=A,
+                num_key_value_heads=KV, tie_word_embeddings=False)
+    return LlamaConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def llama():
-    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=F, num_hidden_layers=L, num_attention_heads=A,
-                      num_key_value_heads=KV, tie_word_embeddings=False)
-    return shape_from_config(cfg, "tiny-llama")
+    return shape_from_config(llama_config(), "tiny-llama")
 
 
 def test_shape_and_parameter_count(llama):
-    kvh = H * KV // A  # 16
-    block_linear = L * (2 * H * H + 2 * H * kvh + 3 * H * F)
-    assert (llama.hidden, llama.layers, llama.kv_hidden, llama.intermediate) == (H, L, kvh, F)
+    block_linear = L * (2 * H * H + 2 * H * KVH + 3 * H * F)
+    assert (llama.hidden, llama.layers, llama.kv_hidden, llama.intermediate) == (H, L, KVH, F)
     assert llama.gated_mlp and llama.norm == "rms"
     assert llama.linear_params == block_linear
     # embeddings + lm_head + 2 norms per layer + final norm
     assert llama.params == block_linear + 2 * V * H + (2 * L + 1) * H
 
 
-def test_full_components_by_hand(llama):
-    s = Setting(method=[{"name": "full"}], precision="fp32", optimizer="adamw", batch_size=2, seq_len=10,
-                label_fraction=0.5, overhead_mb=100)
-    e = estimate(llama, s)
-    P = llama.params
-    assert e.count_source == "meta" and e.trainable_params == P
-    c = e.components
-    assert c["weights"] == 0
-    assert c["trainable"] == 4 * P and c["gradients"] == 4 * P and c["optimizer"] == 8 * P
-    t = 2 * 10
-    kvh = 16
-    per_layer = 4 * t * (4 * H + 2 * kvh) + 2 * A * 10 * 4 + 4 * t * (H + 4 * F) + 2 * t * H * (4 + 4)
-    assert activation_bytes_per_layer(llama, t, 10, 4, "sdpa", True) == per_layer
-    assert c["activations"] == L * per_layer + 3 * 4 * t * H
-    assert c["logits"] == t * 0.5 * V * 4 * 3
-    assert c["overhead"] == 100 * MB
-    assert e.total == sum(c.values())
+def test_per_layer_closed_form_by_hand(llama):
+    t, e = 20, 4
+    lora = activation_bytes_per_layer(llama, t, 10, "fp32", "cpu", "sdpa", False, True)
+    # norm outputs feeding QKV/MLP 2h, Q and K after RoPE + V + attention output 2h + 2h_kv,
+    # gate/up/act/product 4f, two fp32 norm inputs 2h; SDPA keeps one log-sum-exp per row and head
+    assert lora == e * t * (2 * H + 2 * H + 2 * KVH + 4 * F + 2 * H) + 2 * A * 10 * 4
+    full = activation_bytes_per_layer(llama, t, 10, "fp32", "cpu", "sdpa", True, False)
+    assert full - lora == e * t * 2 * H  # trained RMSNorm weights keep the normalised outputs
+    mixed = activation_bytes_per_layer(llama, t, 10, "mixed", "cpu", "sdpa", False, True)
+    # autocast: one half-precision input copy per Q, K, V, gate, up (+1 for PEFT's cast of the o_proj input)
+    assert mixed == 2 * t * (6 * H) + 2 * t * (2 * H + 2 * KVH) + 2 * t * 4 * F + 4 * t * 2 * H + 2 * A * 10 * 4
 
 
 def test_korthikanti_half_precision_gelu_mha():
-    """Half precision, 4h GELU MLP, MHA, eager attention with dropout: sbh(34 + 5as/h) up to our
-    extra SDPA-output copy (+2sbh) and Korthikanti's dropout mask on the MLP/attention outputs."""
+    """CUDA, pure half precision, 4h GELU MLP, MHA, eager attention with dropout: exactly
+    Korthikanti et al. 2022's sbh(34 + 5as/h) bytes per layer."""
     cfg = BertConfig(vocab_size=100, hidden_size=64, intermediate_size=256, num_hidden_layers=1,
                      num_attention_heads=4, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     s = shape_from_config(cfg, "bert")
     b, seq, h, a = 2, 16, 64, 4
-    ours = activation_bytes_per_layer(s, b * seq, seq, 2, "eager", True)
-    korthikanti = seq * b * h * (34 + 5 * a * seq / h)
-    assert ours == korthikanti + 2 * seq * b * h  # the attention output copy before the projection
+    ours = activation_bytes_per_layer(s, b * seq, seq, "bf16", "cuda", "eager", True, False)
+    assert ours == seq * b * h * (34 + 5 * a * seq / h)
+    # SDPA on CUDA runs dropout inside the kernel: no s² scores; on CPU dropout sends SDPA to the
+    # math kernel, which keeps softmax, a float mask and the dropped probabilities
+    sdpa = activation_bytes_per_layer(s, b * seq, seq, "bf16", "cuda", "sdpa", True, False)
+    assert ours - sdpa == b * a * seq * seq * 5 - b * a * seq * 4
+    cpu = activation_bytes_per_layer(s, b * seq, seq, "fp32", "cpu", "sdpa", True, False)
+    assert cpu == 4 * seq * b * (10 * h + 2 * 256) + b * a * seq * seq * 3 * 4
+
+
+def _backbone_saved(model, params, ids, autocast=False) -> int:
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen.setdefault(st.data_ptr(), st.nbytes())
+        return t
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        model(input_ids=ids)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("method,precision", [("full", "fp32"), ("lora", "fp32"), ("full", "mixed"),
+                                              ("lora", "mixed")])
+def test_activation_formula_matches_autograd_llama(method, precision):
+    """The closed form against what autograd keeps in a real Llama backbone on CPU (SDPA, no mask)."""
+    from leantune.methods.registry import build_method
+
+    h, f, layers, b, seq = 256, 512, 4, 2, 24
+    cfg = llama_config(hidden_size=h, intermediate_size=f, num_hidden_layers=layers, num_attention_heads=4,
+                       num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    if method == "lora":
+        built = build_method([{"name": "lora", "r": 4, "targets": "all-linear"}])
+        built.set_total_steps(10)
+        model = built.apply(model, "causal_lm")
+    model.train()
+    ids = torch.randint(0, V, (b, seq))
+    backbone = unwrap(model).model  # the loss runs on the backbone's output (training/losses.py)
+    measured = _backbone_saved(backbone, list(model.parameters()), ids, autocast=precision == "mixed")
+    shape = shape_from_config(cfg)
+    trains = method == "full"
+    predicted = layers * activation_bytes_per_layer(shape, b * seq, seq, precision, "cpu", "sdpa", trains,
+                                                    method == "lora") \
+        + top_activation_bytes(shape, b * seq, precision, "cpu", trains)
+    if precision == "mixed":
+        predicted += shape.linear_params * 2  # autocast's half-precision weight copies
+    # not in the closed form: RMSNorm's 1/rms per token and LoRA's r-wide inputs to B (+1-2 % here);
+    # with frozen embeddings the first layer's input needs no gradient, so its norm input and
+    # (autocast) its frozen Q/K/V weight copies are not kept (-1/layers of those terms)
+    assert measured == pytest.approx(predicted, rel=0.05)
+
+
+def test_activation_formula_matches_autograd_bert_dropout():
+    """BERT with dropout on CPU: float dropout masks and SDPA's math kernel (s² scores kept three times)."""
+    h, f, layers, b, seq, heads = 128, 512, 2, 2, 32, 4
+    cfg = BertConfig(vocab_size=V, hidden_size=h, intermediate_size=f, num_hidden_layers=layers,
+                     num_attention_heads=heads, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    torch.manual_seed(0)
+    model = BertModel(cfg)  # the pooler's first-token view keeps the last hidden state
+    model.train()
+    ids = torch.randint(0, V, (b, seq))
+    measured = _backbone_saved(model, list(model.parameters()), ids)
+    shape = shape_from_config(cfg)
+    predicted = layers * activation_bytes_per_layer(shape, b * seq, seq, "fp32", "cpu", "sdpa", True, False) \
+        + top_activation_bytes(shape, b * seq, "fp32", "cpu", True)
+    assert measured == pytest.approx(predicted, rel=0.04)
+
+
+def test_full_components_by_hand_cpu(llama):
+    """CPU, end of the forward pass: the head's gradient exists (the tiled loss computes it), the
+    other gradients do not (released after every optimizer step)."""
+    s = Setting(method=[{"name": "full"}], precision="fp32", optimizer="adamw", batch_size=2, seq_len=10,
+                label_fraction=0.5, overhead_mb=100, device="cpu")
+    e = estimate(llama, s)
+    P = llama.params
+    assert e.count_source == "meta" and e.trainable_params == P
+    c = e.components
+    t, n = 20, 10
+    assert c["weights"] == 0
+    assert c["trainable"] == 4 * P and c["optimizer"] == 8 * P
+    assert c["gradients"] == V * H * 4  # lm_head's fp32 weight gradient
+    per_layer = activation_bytes_per_layer(llama, t, 10, "fp32", "cpu", "sdpa", True, False)
+    assert c["activations"] == L * per_layer + top_activation_bytes(llama, t, "fp32", "cpu", True)
+    assert c["logits"] == n * V * 4 * 2 + 2 * n * H * 4 + V * H * 4  # one tile: logits + log-softmax; head product
+    assert c["overhead"] == 100 * MB
+    assert e.total == sum(c.values())
+    assert c["gradients"] + c["activations"] + c["logits"] >= 4 * P  # the forward end is the larger moment
+
+
+def test_cpu_peak_after_backward_and_cuda_sum(llama):
+    tiny = dict(method=[{"name": "full"}], batch_size=1, seq_len=2, overhead_mb=0)
+    cpu = estimate(llama, Setting(**tiny, device="cpu"))
+    P = llama.params
+    assert cpu.components["gradients"] == 4 * P
+    assert cpu.components["activations"] == cpu.components["logits"] == 0
+    assert any("end of the backward" in n for n in cpu.notes)
+    cuda = estimate(llama, Setting(**tiny, device="cuda"))  # the standard sum of every component
+    assert cuda.components["gradients"] == 4 * P and cuda.components["activations"] > 0
+    assert cuda.total > cpu.total
+    accum = estimate(llama, Setting(**{**tiny, "batch_size": 8, "seq_len": 64}, grad_accum=4, device="cpu"))
+    assert accum.components["gradients"] == 4 * P  # gradients persist into the next micro-batch
+
+
+def test_loss_tiles_and_full_logits(llama):
+    base = dict(method=[{"name": "lora"}], batch_size=64, seq_len=1024, label_fraction=0.5)
+    rows = TILE_ELEMENTS // V
+    tiled = estimate(llama, Setting(**base))
+    n = 64 * 1024 // 2
+    assert n > rows
+    assert tiled.components["logits"] == rows * V * 4 * 3 + 2 * n * H * 4  # frozen head: no weight product
+    full = estimate(llama, Setting(**base, loss="full"))
+    assert full.components["logits"] == 64 * 1024 * V * 4 * 3
+    prompt = count_trainable(llama, [{"name": "prompt_tuning", "num_virtual_tokens": 4}], "causal_lm")
+    assert not prompt.tiled_loss  # PEFT prompt learning: the model computes its own (full) loss
+    lora = count_trainable(llama, [{"name": "lora"}], "causal_lm")
+    assert lora.tiled_loss and not lora.head_trains
+    assert count_trainable(llama, [{"name": "full"}], "causal_lm").head_trains
 
 
 def test_lora_trainable_and_frozen(llama):
     e = estimate(llama, Setting(method=[{"name": "lora", "r": 4, "targets": "all-linear"}], batch_size=1, seq_len=8))
-    kvh = 16
-    lora = L * 4 * (2 * (H + H) + 2 * (H + kvh) + 2 * (H + F) + (F + H))
+    lora = L * 4 * (2 * (H + H) + 2 * (H + KVH) + 2 * (H + F) + (F + H))
     assert e.trainable_params == lora
     assert e.total_params == llama.params + lora
     assert e.components["weights"] == 4 * llama.params
@@ -77,15 +197,21 @@ def test_lora_trainable_and_frozen(llama):
 
 
 def test_qlora_nf4_double_quant(llama):
-    e = estimate(llama, Setting(method=[{"name": "qlora", "r": 4}], batch_size=1, seq_len=8))
     lin = llama.linear_params
     assert NF4_BYTES[True] == pytest.approx(0.5 + 0.127 / 8, abs=1e-3)  # QLoRA paper: 0.127 bit/param of constants
-    assert e.components["weights"] == pytest.approx(lin * NF4_BYTES[True] + (llama.params - lin) * 4)
-    assert e.setting["quant"] == "nf4"
+    dequantized = H * F * 2  # one layer de-quantized for its matmul (bf16 compute)
+    cuda = estimate(llama, Setting(method=[{"name": "qlora", "r": 4}], batch_size=1, seq_len=8, device="cuda",
+                                   precision="bf16"))
+    assert cuda.components["weights"] == pytest.approx(lin * NF4_BYTES[True] + (llama.params - lin) * 2 + dequantized)
+    assert cuda.setting["quant"] == "nf4"
+    # CPU: the memory-mapped checkpoint stays resident beside the NF4 copy
+    cpu = estimate(llama, Setting(method=[{"name": "qlora", "r": 4}], batch_size=1, seq_len=8, device="cpu"))
+    assert cpu.components["weights"] == pytest.approx(lin * NF4_BYTES[True] + llama.params * 4 + H * F * 4)
+    assert any("checkpoint stays resident" in n for n in cpu.notes)
 
 
 def test_optimizers_checkpointing_and_precision(llama):
-    base = dict(method=[{"name": "full"}], batch_size=4, seq_len=32)
+    base = dict(method=[{"name": "full"}], batch_size=4, seq_len=32, device="cuda")
     P = llama.params
     assert estimate(llama, Setting(**base, optimizer="adamw_8bit")).components["optimizer"] == 2 * P
     assert estimate(llama, Setting(**base, optimizer="sgd")).components["optimizer"] == 4 * P
@@ -94,9 +220,14 @@ def test_optimizers_checkpointing_and_precision(llama):
     plain = estimate(llama, Setting(**base))
     ckpt = estimate(llama, Setting(**base, gradient_checkpointing=True))
     t = 4 * 32
-    per_layer = activation_bytes_per_layer(llama, t, 32, 4, "sdpa", True)
-    assert ckpt.components["activations"] == L * 4 * t * H + per_layer + 3 * 4 * t * H
+    per_layer = activation_bytes_per_layer(llama, t, 32, "fp32", "cuda", "sdpa", True, False)
+    top = top_activation_bytes(llama, t, "fp32", "cuda", True)
+    assert ckpt.components["activations"] == L * 4 * t * H + per_layer + top
     assert ckpt.components["activations"] < plain.components["activations"]
+    mixed = estimate(llama, Setting(**base, precision="mixed"))
+    assert mixed.components["activations"] == L * activation_bytes_per_layer(
+        llama, t, 32, "mixed", "cuda", "sdpa", True, False) + top_activation_bytes(
+        llama, t, "mixed", "cuda", True) + llama.linear_params * 2
 
 
 def test_prompt_methods_and_formula_fallback(llama):

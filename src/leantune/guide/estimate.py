@@ -1,23 +1,44 @@
 """Peak training memory, estimated before training.
 
-The estimate is a sum of components (bytes):
+The estimate is a sum of components (bytes) at the moment of the peak:
 
-* ``weights``: the frozen base weights (fp32 / bf16 / fp16, or NF4 with double
-  quantization for QLoRA: 0.5 B per quantized weight plus ~0.0159 B of constants);
-* ``trainable``: the trained parameters (fp32 for PEFT adapters, the weight dtype
-  for methods that train base weights);
+* ``weights``: the frozen base weights at the weight dtype (fp32 / bf16 / fp16), or NF4
+  with double quantization for QLoRA (0.5 B per quantized weight plus 1/64 + 4/16384 B of
+  constants, Dettmers et al. 2023, arXiv:2305.14314) plus one de-quantized linear layer
+  (bitsandbytes de-quantizes each layer for its matmul). On CPU, QLoRA also keeps the whole
+  checkpoint file resident: transformers memory-maps safetensors, the weights it did not
+  quantize (embeddings, norms) stay views of that mapping, and every page of the quantized
+  ones was read to quantize them;
+* ``trainable``: the trained parameters (fp32 for PEFT adapters, the weight dtype for
+  methods that train base weights);
 * ``gradients``: one gradient per trainable parameter, same dtype;
-* ``optimizer``: AdamW 8 B per trainable parameter (two fp32 moments), 8-bit AdamW
-  2 B, SGD with momentum 4 B (paged variants: same size, evictable on CUDA);
-* ``activations``: saved tensors of every transformer layer, after Korthikanti et
-  al. 2022 (arXiv:2205.05198; ``sbh(34 + 5as/h)`` bytes per layer in half precision),
-  generalised to the element size, the model's MLP width (gated or not), grouped
-  query attention, SDPA (no ``s²`` scores) versus eager attention, dropout masks;
-  with gradient checkpointing only each layer's input plus one layer;
-* ``logits``: ``batch·seq·label_fraction·vocab·4 B × logit_copies`` (leantune computes
-  the LM head only at labelled positions);
-* ``overhead``: the framework/runtime constant (Python, torch, transformers on CPU;
-  the CUDA context and allocator slack on GPU).
+* ``optimizer``: AdamW 8 B per trainable parameter (two fp32 moments; 4 B when the
+  parameters themselves are half precision), 8-bit AdamW 2 B, SGD with momentum 4 B;
+* ``activations``: the tensors autograd saves for backward in every transformer layer
+  (:func:`activation_bytes_per_layer`; Korthikanti et al. 2022, arXiv:2205.05198, counted
+  for the model's real shapes, precision and device), with gradient checkpointing each
+  layer's input plus one layer; under autocast also the half-precision weight copies;
+* ``logits``: the loss. leantune's causal-LM loss projects only labelled positions and in
+  tiles of 2^23 logits (``training/losses.py``), so this is a few tiles, not
+  positions × vocabulary; other heads (masked LM, seq2seq) and other trainers
+  (``Setting.loss = "full"``) hold full fp32 logits, their log-softmax and its gradient;
+* ``overhead``: the runtime before the model loads. CPU: Python, torch, transformers,
+  PEFT, the tokenizer and the data, measured at 564–605 MB RSS in ``pipeline.train``
+  (``benchmarks/estimate_accuracy.py``). CUDA: the CUDA context and allocator slack.
+
+When the peak happens: leantune's engine releases gradients after each optimizer step
+(``zero_grad(set_to_none=True)``), so on CPU (calibrated against peak RSS) the estimate
+is the larger of two moments: the end of the forward pass (activations, loss tiles and
+only the gradients that exist then: the output head's, which the tiled loss computes
+during the forward, or all of them under gradient accumulation) and the end of the
+backward pass (all gradients, activations freed). On CUDA the estimate keeps the
+standard sum of all components, the convention of published memory tables.
+
+Not modelled: glibc heap fragmentation on CPU (tensors under the engine's 1 MiB mmap
+threshold come from the heap, which keeps freed holes resident; 0–400 MB measured at
+the peak, see docs/guidance.md), the tokenized dataset held as Python lists (about
+90 B per token), and activation memory of methods that change the forward pass
+(adapters, prefixes) beyond the base model's.
 
 Parameter counts are exact where possible: the model is built on the ``meta``
 device (no memory, no weights read) and the method applied to it.
@@ -25,7 +46,6 @@ device (no memory, no weights read) and the method applied to it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +58,10 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "mixed": 4}  # mixed: fp32 weigh
 # NF4 with double quantization (Dettmers et al. 2023): 4 bit + 8-bit absmax per 64 weights
 # + fp32 per 256 absmax values = 0.5 + 1/64 + 4/(64·256) bytes per weight; without DQ 0.5 + 4/64.
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
-OVERHEAD_MB = {"cpu": 420.0, "cuda": 600.0}
+# Runtime before the model loads: CPU measured in pipeline.train (564–605 MB RSS over the six
+# estimate_accuracy cases); CUDA: context and allocator slack.
+OVERHEAD_MB = {"cpu": 590.0, "cuda": 600.0}
+CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2", "gemma3_text", "phi3",
          "olmo", "olmo2", "granite", "cohere", "deepseek_v3", "starcoder2_gated", "smollm3"}
 ENCODERS = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert", "mpnet"}
@@ -74,6 +97,7 @@ class ModelShape:
     quantizable_params: int = 0      # weights of linear layers inside the blocks (NF4 targets)
     linear_params: int = 0           # same: weights autocast copies are made of
     encoder: bool = False
+    checkpoint_bytes: int | None = None  # bytes per weight in the checkpoint file (config dtype), if known
     config: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -92,14 +116,16 @@ class Setting:
     optimizer: str = "adamw"
     batch_size: int = 8
     seq_len: int = 512
+    grad_accum: int = 1              # > 1: gradients persist through the next micro-batch's forward
     gradient_checkpointing: bool = False
-    label_fraction: float = 1.0      # share of positions with a label (logits computed there only)
+    label_fraction: float = 1.0      # share of positions with a label (the causal-LM loss projects only those)
     head: str | None = None          # causal_lm | seq_cls | masked_lm | seq2seq (default: from the arch)
     num_labels: int = 2
-    attention: str = "sdpa"          # sdpa (no s² scores kept) | eager
+    attention: str = "sdpa"          # sdpa (flash / memory-efficient kernels, no s² scores) | eager
     device: str = "cpu"
+    loss: str = "engine"             # engine: leantune's losses | full: logits at every position (HF-style trainers)
     overhead_mb: float | None = None
-    logit_copies: float = 3.0        # logits, log-softmax, gradient
+    logit_copies: float = 3.0        # full logits: logits, log-softmax, gradient (fp32)
 
 
 @dataclass
@@ -212,7 +238,7 @@ def shape_from_config(config, name: str = "", head: str | None = None) -> ModelS
                                     default=0.0) or 0.0),
         attn_dropout=float(_first(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout",
                                   default=0.0) or 0.0),
-        encoder=arch in ENCODERS, config=config,
+        encoder=arch in ENCODERS, checkpoint_bytes=checkpoint_dtype_bytes(config), config=config,
     )
     try:
         model = meta_model(config, head or default_head(shape))
@@ -222,6 +248,12 @@ def shape_from_config(config, name: str = "", head: str | None = None) -> ModelS
         shape.params = formula_params(shape)
         shape.quantizable_params = shape.linear_params = formula_block_linear(shape)
     return shape
+
+
+def checkpoint_dtype_bytes(config) -> int | None:
+    """Bytes per weight in the checkpoint, from the config's ``dtype``, if stated."""
+    dtype = getattr(config, "dtype", None)
+    return CHECKPOINT_DTYPE_BYTES.get(str(dtype).removeprefix("torch."))
 
 
 def formula_block_linear(s: ModelShape) -> int:
@@ -293,31 +325,54 @@ def method_names(method: list[dict]) -> list[str]:
     return [m["name"] for m in method]
 
 
-def count_trainable(shape: ModelShape, method: list[dict], head: str, num_labels: int = 2) -> tuple[int, int, str]:
-    """(trainable, total, source): applies the method to the meta model when possible."""
+@dataclass
+class Counts:
+    """Trainable and total parameters, and what the causal-LM loss will do with the output head."""
+
+    trainable: int
+    total: int
+    source: str                      # meta (exact) | formula
+    head_trains: bool = False        # the output projection's weight is trained
+    tiled_loss: bool = True          # the engine's tiled cross-entropy applies (plain nn.Linear head)
+
+
+PROMPT_METHODS = {"prompt_tuning", "p_tuning"}  # PEFT prompt learning: the model computes its own loss
+
+
+def count_trainable(shape: ModelShape, method: list[dict], head: str, num_labels: int = 2) -> Counts:
+    """Applies the method to the meta model when possible, else closed forms."""
+    names = set(method_names(method))
     if shape.config is not None:
         try:
             import warnings
 
+            import torch
+            from torch import nn
+
             from ..methods.registry import build_method
             from ..models.loading import count_parameters
+            from ..training.losses import _fast_path, unwrap
 
             model = meta_model(shape.config, head, num_labels)
             built = build_method(method)
             built.set_total_steps(100)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                import torch
-
                 with torch.device("meta"):
                     model = built.apply(model, head)
             trainable, total = count_parameters(model)
             if trainable > 0:
-                return trainable, total, "meta"
+                path = _fast_path(unwrap(model)) if head == "causal_lm" else None
+                out = path[1] if path else None
+                return Counts(trainable, total, "meta",
+                              head_trains=bool(out is not None and out.weight.requires_grad),
+                              tiled_loss=type(out) is nn.Linear and not names & (PROMPT_METHODS | {"adalora"}))
         except Exception:
             pass
     trainable = formula_trainable(shape, method, head, num_labels)
-    return trainable, shape.params + (0 if set(method_names(method)) & BASE_TRAINING else trainable), "formula"
+    head_trains = "full" in names or any(m["name"] == "freeze" and m.get("train_head", True) for m in method)
+    return Counts(trainable, shape.params + (0 if names & BASE_TRAINING else trainable), "formula",
+                  head_trains=head_trains, tiled_loss=not names & (PROMPT_METHODS | {"adalora"}))
 
 
 def formula_trainable(s: ModelShape, method: list[dict], head: str, num_labels: int = 2) -> int:
@@ -360,32 +415,98 @@ def formula_trainable(s: ModelShape, method: list[dict], head: str, num_labels: 
 
 # --------------------------------------------------------------------------- the estimate
 
-def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, e: int, attention: str,
-                               train_norms: bool) -> float:
-    """Saved tensors of one transformer layer for ``tokens = batch·seq`` tokens, element size ``e``.
+def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
+                               attention: str = "sdpa", train_norms: bool = False, adapters: bool = False) -> float:
+    """Bytes autograd saves for backward in one transformer layer, ``tokens = batch·seq``.
 
-    Korthikanti et al. (2022) per layer, half precision, 4h GELU MLP: attention 11sbh + 5as²b,
-    MLP 19sbh, 2 LayerNorms 4sbh. Here each term is counted from the tensors autograd keeps:
-    attention: norm output (QKV input), Q, K, V (K/V at the GQA width), SDPA output and the
-    output projection's input; scores only with eager attention (softmax e·as², dropout
-    mask as² and output e·as²); MLP: input, and 2f (GELU) or 4f (gated SiLU: gate, up,
-    SiLU output, product); norms: RMSNorm keeps an fp32 input (4 B) and, when its weight
-    trains, the normalized output; LayerNorm its input; dropout masks 1 B per element.
+    Korthikanti et al. (2022) count ``sbh(34 + 5as/h)`` bytes per layer for a half-precision
+    GPT layer with a 4h GELU MLP and dropout; the same tensors, for the model's shapes, are:
+
+    * linear inputs: the norm outputs feeding Q/K/V and the MLP, ``2·h`` elements; under
+      autocast every linear that keeps its input casts its own half-precision copy (Q, K, V,
+      gate, up: 5 copies; PEFT adapters add one more for the attention output, because PEFT
+      casts it to the adapter's fp32 dtype and autocast casts back);
+    * attention: Q and K after the rotary embedding (K, V at the grouped-query width ``h_kv``),
+      V and the attention output (shared with the output projection's input), ``2h + 2h_kv``;
+      scores ``b·a·s²``: none with SDPA's flash / memory-efficient kernels (only the row
+      log-sum-exp, 4 B), the softmax output with eager attention, plus the dropout mask and the
+      dropped probabilities when attention dropout is on. On CPU attention dropout sends SDPA
+      to its math kernel, which keeps all three;
+    * MLP: gate, up, activation output and their product (gated, ``4f``) or the activation's
+      input and output (GELU, ``2f``);
+    * norms: their inputs, the residual stream (RMSNorm upcasts to fp32: 4 B); the normalised
+      output too when the norm weights train (RMSNorm; LayerNorm recomputes it from its saved
+      statistics);
+    * dropout masks after attention and MLP: 1 B per element on CUDA (bool), a float mask of
+      the activation dtype on CPU.
+
+    Element sizes: ``e`` (activations) 4 in fp32, 2 otherwise; ``r`` (residual stream, norm
+    outputs) the weights' dtype: 4 in fp32 and mixed, 2 in pure bf16/fp16. Measured here with
+    ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2 and MiniLM (unit tests check the
+    closed form); for pure half precision, eager attention and dropout on CUDA it equals
+    Korthikanti's count exactly.
     """
-    h, f, kv = s.hidden, s.intermediate, s.kv_hidden
-    attn = e * tokens * (4 * h + 2 * kv)
+    h, f, kv, t = s.hidden, s.intermediate, s.kv_hidden, tokens
+    e = 4 if precision == "fp32" else 2
+    r = 4 if precision in ("fp32", "mixed") else 2
+    mask = e if device == "cpu" else 1
+    mlp_inputs = 2 if s.gated_mlp else 1
+    copies = (3 + mlp_inputs + (1 if adapters else 0)) if precision == "mixed" else 2
+    linear_inputs = copies * t * h * e
+    attn = t * e * (2 * h + 2 * kv)
     batch = tokens / max(seq, 1)
-    if attention == "eager" or s.attn_dropout > 0:
-        scores = batch * s.heads * seq * seq * (e + ((1 + e) if s.attn_dropout > 0 else 0))
+    dropout = s.attn_dropout > 0
+    if attention == "eager" or (device == "cpu" and dropout):
+        scores = batch * s.heads * seq * seq * (e + ((mask + e) if dropout else 0))
     else:
-        scores = batch * s.heads * seq * 4  # log-sum-exp per row
-    mlp = e * tokens * (h + (4 if s.gated_mlp else 2) * f)
-    if s.norm == "rms":
-        norms = 2 * tokens * h * (4 + (e if train_norms else 0))
-    else:
-        norms = 2 * tokens * h * e
-    masks = 2 * tokens * h if s.hidden_dropout > 0 else 0
-    return attn + scores + mlp + norms + masks
+        scores = batch * s.heads * seq * 4
+    mlp = t * f * e * (4 if s.gated_mlp else 2)
+    norms = 2 * t * h * (4 if s.norm == "rms" else r)
+    if train_norms and s.norm == "rms":
+        norms += 2 * t * h * r
+    masks = 2 * t * h * mask if s.hidden_dropout > 0 else 0
+    return linear_inputs + attn + scores + mlp + norms + masks
+
+
+def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool) -> float:
+    """Saved tensors outside the layers: the final norm's input (decoders) or the embedding
+    LayerNorm's input, its dropout mask and the pooled last hidden state (encoders)."""
+    h, t = s.hidden, tokens
+    e = 4 if precision == "fp32" else 2
+    r = 4 if precision in ("fp32", "mixed") else 2
+    top = t * h * (4 if s.norm == "rms" else r)
+    if train_norms and s.norm == "rms":
+        top += t * h * r
+    if s.encoder:
+        top += t * h * e + (t * h * (e if device == "cpu" else 1) if s.hidden_dropout > 0 else 0)
+    return top
+
+
+def loss_bytes(s: ModelShape, setting: Setting, head: str, counts: Counts) -> tuple[float, float]:
+    """(logits, head gradient during the forward) of the loss.
+
+    leantune's causal-LM loss (training/losses.py) projects the ``n`` labelled positions in
+    tiles of 2^23 logits and computes the gradients on the way: one tile of fp32 logits, its
+    log-softmax and the previous tile's (3 tiles; 2 when one tile holds all ``n``), the
+    gathered hidden states and their gradient (``2·n·h``); when the head trains, its fp32
+    weight gradient exists from the forward on (returned as the head's gradient) and each
+    tile adds a ``vocab × h`` product to it. Full logits (other heads, other trainers):
+    ``positions × vocab × 4 B × logit_copies``.
+    """
+    from ..training.losses import TILE_ELEMENTS
+
+    tokens = setting.batch_size * setting.seq_len
+    e = 4 if setting.precision == "fp32" else 2
+    if head == "causal_lm" and setting.loss == "engine" and counts.tiled_loss:
+        n = max(1, round(tokens * min(max(setting.label_fraction, 0.0), 1.0)))
+        rows = min(n, max(1, TILE_ELEMENTS // s.vocab))
+        logits = rows * s.vocab * 4 * (3 if n > rows else 2) + 2 * n * s.hidden * e
+        if counts.head_trains:
+            return logits + s.vocab * s.hidden * e, s.vocab * s.hidden * 4
+        return logits, 0.0
+    if head in ("causal_lm", "masked_lm", "seq2seq"):
+        return tokens * s.vocab * 4 * setting.logit_copies, 0.0
+    return setting.batch_size * setting.num_labels * 4 * setting.logit_copies, 0.0
 
 
 def estimate(shape: ModelShape, setting: Setting) -> Estimate:
@@ -393,17 +514,24 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
     head = setting.head or default_head(shape)
     notes: list[str] = []
     quant = "nf4" if "qlora" in names else setting.quant
-    trainable, total, source = count_trainable(shape, setting.method, head, setting.num_labels)
+    counts = count_trainable(shape, setting.method, head, setting.num_labels)
+    trainable, total = counts.trainable, counts.total
     wb = DTYPE_BYTES[setting.precision]
-    e = 4 if setting.precision == "fp32" else 2
+    cpu = setting.device == "cpu"
     base_trained = bool(set(names) & BASE_TRAINING)
     tb = wb if base_trained else 4  # PEFT keeps adapter weights in fp32
     frozen = max(total - trainable, 0)
     if quant == "nf4":
         q = min(shape.quantizable_params, frozen)
-        weights = q * NF4_BYTES[setting.double_quant] + (frozen - q) * wb
+        largest = shape.hidden * max(shape.intermediate, shape.hidden)
+        compute = 4 if setting.precision == "fp32" else 2
+        weights = q * NF4_BYTES[setting.double_quant] + (frozen - q) * wb + min(largest, q) * compute
         notes.append(f"NF4{' + double quantization' if setting.double_quant else ''}: "
                      f"{NF4_BYTES[setting.double_quant]:.4f} B per quantized weight ({q:,} weights)")
+        if cpu and (shape.checkpoint_bytes or wb) == wb:
+            weights += q * wb
+            notes.append("CPU: the memory-mapped checkpoint stays resident (embeddings and norms are views "
+                         "of it, the quantized weights' pages were read to quantize them)")
     else:
         weights = frozen * wb
     opt = OPTIMIZER_BYTES.get(setting.optimizer, 8.0)
@@ -411,29 +539,40 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
         opt = 4.0  # torch AdamW keeps moments in the parameter dtype
         notes.append("pure half-precision training: AdamW moments in bf16/fp16 (4 B per parameter)")
     tokens = setting.batch_size * setting.seq_len
-    per_layer = activation_bytes_per_layer(shape, tokens, setting.seq_len, e, setting.attention,
-                                           train_norms="full" in names or "ln_tuning" in names)
-    top = 3 * e * tokens * shape.hidden  # embeddings output, final norm, head input
+    train_norms = "full" in names or "ln_tuning" in names
+    adapters = bool(set(names) & {"lora", "qlora", "adalora"})
+    per_layer = activation_bytes_per_layer(shape, tokens, setting.seq_len, setting.precision, setting.device,
+                                           setting.attention, train_norms, adapters)
+    top = top_activation_bytes(shape, tokens, setting.precision, setting.device, train_norms)
     if setting.gradient_checkpointing:
-        acts = shape.layers * e * tokens * shape.hidden + per_layer + top
+        r = 4 if setting.precision in ("fp32", "mixed") else 2
+        acts = shape.layers * r * tokens * shape.hidden + per_layer + top
         notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
     else:
         acts = shape.layers * per_layer + top
-    if setting.precision == "mixed":  # autocast keeps half-precision copies of the weights for backward
-        acts += shape.linear_params * 2
+    if setting.precision == "mixed" and quant != "nf4":  # autocast's half-precision weight copies, kept for
+        copies = shape.linear_params * 2  # backward; with checkpointing only the recomputed layer's
+        acts += copies / max(shape.layers, 1) if setting.gradient_checkpointing else copies
         notes.append("mixed precision: half-precision weight copies saved for backward")
-    if head in ("causal_lm", "masked_lm", "seq2seq"):
-        logit_tokens = tokens * max(min(setting.label_fraction, 1.0), 0.0)
-        logits = logit_tokens * shape.vocab * 4 * setting.logit_copies
-    else:
-        logits = setting.batch_size * setting.num_labels * 4 * setting.logit_copies
-    overhead = (setting.overhead_mb if setting.overhead_mb is not None else OVERHEAD_MB.get(setting.device, 420.0)) * MB
-    components = {"weights": weights, "trainable": trainable * tb, "gradients": trainable * tb,
-                  "optimizer": trainable * opt, "activations": acts, "logits": logits, "overhead": overhead}
+    logits, head_grad = loss_bytes(shape, setting, head, counts)
+    overhead_mb = setting.overhead_mb if setting.overhead_mb is not None else OVERHEAD_MB.get(setting.device,
+                                                                                            OVERHEAD_MB["cpu"])
+    overhead = overhead_mb * MB
+    grads = trainable * tb
+    components = {"weights": weights, "trainable": grads, "gradients": grads, "optimizer": trainable * opt,
+                  "activations": acts, "logits": logits, "overhead": overhead}
+    if cpu:  # the larger of the end of the forward and the end of the backward pass
+        forward_grads = grads if setting.grad_accum > 1 else head_grad
+        if forward_grads + acts + logits >= grads:
+            components["gradients"] = forward_grads
+        else:
+            components["activations"] = components["logits"] = 0.0
+            notes.append("peak at the end of the backward pass: all gradients, activations already freed")
     d = asdict(setting)
     d["head"], d["quant"] = head, quant
     return Estimate(model=shape.name, method="+".join(names), trainable_params=int(trainable),
-                    total_params=int(total), components=components, count_source=source, setting=d, notes=notes)
+                    total_params=int(total), components=components, count_source=counts.source, setting=d,
+                    notes=notes)
 
 
 # --------------------------------------------------------------------------- from a recipe
@@ -458,7 +597,7 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
     return Setting(
         method=[dict(m) for m in recipe.method], precision=prec,
         quant="nf4" if qcfg else "none", double_quant=bool(qcfg.get("double_quant", True)) if qcfg else True,
-        optimizer=recipe.train.optimizer, batch_size=recipe.train.batch_size,
+        optimizer=recipe.train.optimizer, batch_size=recipe.train.batch_size, grad_accum=recipe.train.grad_accum,
         seq_len=seq_len or recipe.train.max_length, gradient_checkpointing=recipe.train.gradient_checkpointing,
         label_fraction=1.0 if label_fraction is None else label_fraction, head=head,
         num_labels=num_labels or 2, device=device,
