@@ -205,3 +205,12 @@ def test_stages_lists_stages():
     names = re.findall(r"^│ (\w+)\s", result.output, flags=re.M)
     assert {"sft", "pt", "cls"} <= set(names)
     assert "classification" in result.output and "alpaca" in result.output
+
+
+def test_eval_of_an_icl_run_explains_there_is_no_model(tmp_path):
+    run = tmp_path / "icl-run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"recipe": {"stage": {"name": "icl"}}, "model_path": "x"}))
+    result = CliRunner().invoke(app, ["eval", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "in-context-learning run" in result.output and "data.eval=FILE" in result.output

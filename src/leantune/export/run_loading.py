@@ -30,9 +30,15 @@ def load_run(run_dir: str | Path, quantized: bool = True) -> LoadedRun:
     meta_file, adapter = run_dir / "run.json", run_dir / "adapter"
     if not meta_file.is_file():
         raise LeantuneError(f"{run_dir}: not a leantune run directory (no run.json)")
-    if not adapter.is_dir():
-        raise LeantuneError(f"{run_dir}: the run has no adapter/ yet (did training finish? try --resume)")
     meta = json.loads(meta_file.read_text())
+    if not adapter.is_dir():
+        stage = (meta.get("recipe") or {}).get("stage") or {}
+        if (stage.get("name") if isinstance(stage, dict) else stage) == "icl":
+            raise LeantuneError(
+                f"{run_dir}: an in-context-learning run (stage icl) trains nothing, so there is no model to "
+                f"load; evaluate again by running its recipe with new data: "
+                f"leantune train {run_dir / 'recipe.yaml'} data.eval=FILE")
+        raise LeantuneError(f"{run_dir}: the run has no adapter/ yet (did training finish? try --resume)")
     recipe = Recipe.model_validate(meta["recipe"])
     method = build_method(recipe.method)  # several entries: a Composite
     tokenizer = load_tokenizer(Path(meta["model_path"]), recipe.model.trust_remote_code)
