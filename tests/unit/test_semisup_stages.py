@@ -122,6 +122,25 @@ def test_contrastive_pairs_recall_at_1(tmp_path, tiny_model_dir):
     assert load_file_shape(Path(s.run_dir) / "adapter" / "embeddings.safetensors") == {(4, 32)}
 
 
+def test_contrastive_run_is_the_encoder_of_a_classifier(tmp_path, tiny_model_dir):
+    """Contrastive pre-training, then `stage: cls` from the run: the classifier starts from the
+    run's merged encoder weights (the bare encoder's keys carry no ``bert.`` prefix)."""
+    from leantune.models.loading import load_model
+
+    texts = [{"text": t["text"]} for t in TRAIN]
+    pre = train(_recipe(tmp_path, tiny_model_dir("bert", "masked_lm"), "contrastive", method={"name": "lora", "r": 2},
+                        train_rows=texts, eval_rows=texts[:4]), progress=False)
+    encoder = load_model(Path(pre.run_dir), "encoder", "float32")
+    base = load_model(tiny_model_dir("bert", "masked_lm"), "encoder", "float32")
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(encoder.state_dict()[name], base.state_dict()[name])  # LoRA merged in
+    cls = load_model(Path(pre.run_dir), "seq_cls", "float32", labels=["x", "y"])
+    assert torch.equal(cls.state_dict()[f"bert.{name}"], encoder.state_dict()[name])
+    (tmp_path / "cls").mkdir()
+    s = train(_recipe(tmp_path / "cls", Path(pre.run_dir), "cls"), progress=False)
+    assert s.steps == 3 and "accuracy" in s.eval_after
+
+
 def load_file_shape(path):
     from safetensors.torch import load_file
 

@@ -126,9 +126,21 @@ def _load_run_merged(path: Path, head: str, dtype: str, trust_remote_code: bool,
         src = load_model(base_path, run_head, dtype, trust_remote_code, extra, meta.get("labels"), pad_token_id)
         merged = method.merge(method.load(src, path / "adapter", run_head)).state_dict()
         model = load_model(base_path, head, dtype, trust_remote_code, extra, labels, pad_token_id)
-        target = model.state_dict()
-        shared = {k: v for k, v in merged.items() if k in target and target[k].shape == v.shape}
-        if not any(k.startswith(f"{model.base_model_prefix}.") for k in shared):
+        target, prefix = model.state_dict(), model.base_model_prefix
+
+        def key(k: str) -> str:
+            """The backbone's keys carry ``<prefix>.`` under a head and none in a bare encoder
+            (head ``encoder``, e.g. a contrastive run): map between the two."""
+            if k not in target and f"{prefix}.{k}" in target:
+                return f"{prefix}.{k}"
+            if k not in target and k.startswith(f"{prefix}.") and k[len(prefix) + 1:] in target:
+                return k[len(prefix) + 1:]
+            return k
+
+        shared = {key(k): v for k, v in merged.items()}
+        shared = {k: v for k, v in shared.items() if k in target and target[k].shape == v.shape}
+        backbone = [k for k in target if k.startswith(f"{prefix}.")] or list(target)
+        if not any(k in shared for k in backbone):
             raise ModelSourceError(f"{path}: the run's {run_head} weights do not fit a {head} model")
         model.load_state_dict(shared, strict=False)
         del src, merged

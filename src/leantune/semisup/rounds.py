@@ -1,5 +1,6 @@
 """What the round-based stages (self_train, co_train, active) share: featurising labelled and
-unlabelled text, training a sequence classifier with the shared engine, and class probabilities."""
+unlabelled text, training a sequence classifier with the shared engine, class probabilities, and
+:class:`RoundClassifier`, the stage methods common to the three."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,11 @@ import torch.nn.functional as F
 
 from ..data.collate import pad_batch
 from ..errors import DataValidationError, Problem
+from ..evaluation.classification import classification_metrics
+from ..stages.registry import PreparedData
 from ..training.engine import Engine, TrainResult
 from ..training.modes import evaluating
+from .reptile import load_trainable
 
 UNKNOWN = -1  # label id of an example whose label is not known
 
@@ -85,9 +89,13 @@ def accuracy(probs: torch.Tensor, gold: list[int]) -> float:
     return float((probs.argmax(-1) == torch.tensor(gold)).float().mean())
 
 
-def fit(model, features: list[dict], recipe, folder: Path, pad_id: int) -> TrainResult:
+def fit(model, features: list[dict], recipe, folder: Path, pad_id: int,
+        start: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` on ``features`` with the shared engine (``train.*`` settings, adversarial
-    training included), logging to ``folder/metrics.jsonl``."""
+    training included), logging to ``folder/metrics.jsonl``; first back to the trainable weights
+    ``start`` when given (``reset: true``: every round starts from the same weights)."""
+    if start is not None:
+        load_trainable(model, start)
     folder.mkdir(parents=True, exist_ok=True)
     engine = Engine(model, features, recipe.train, folder, make_collate(pad_id), classifier_loss, progress=False)
     result = engine.fit(resume=False)
@@ -106,3 +114,32 @@ def merge_results(results: list[TrainResult]) -> TrainResult:
     return TrainResult(steps=offset, final_loss=results[-1].final_loss if results else float("nan"),
                        wall_time_s=wall, tokens=tokens, tokens_per_s=tokens / max(wall, 1e-9),
                        label_tokens_per_s=0.0, history=history)
+
+
+class RoundClassifier:
+    """Mixin of the round-based stages (``class SelfTrain(RoundClassifier, Stage)``): a sequence
+    classifier on :func:`featurize` features, trained round by round in the shared engine (so
+    ``train.adversarial`` applies). ``prepare`` sets ``self.pad_id``."""
+
+    data_kinds = ("classification",)
+    custom_loop = True
+    adversarial_ok = True  # every training of a round goes through the shared engine (fit)
+
+    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
+        return "seq_cls"
+
+    def collate(self, features, generator=None) -> dict:
+        return pad_batch(features, self.pad_id)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return classifier_loss(model, batch)
+
+    def evaluate(self, model, features, batch_size) -> dict[str, float]:
+        probs = class_probs(model, features, batch_size, self.pad_id)
+        return classification_metrics(probs.argmax(-1).tolist(), [f["labels"] for f in features])
+
+    @staticmethod
+    def prepared(train: list[dict], evals: list[dict], labels: list[str], pool: int) -> PreparedData:
+        return PreparedData(train, evals, labels=labels,
+                            info={"tokenize": {"examples": len(train), "tokens": sum(len(f["input_ids"]) for f in train)},
+                                  "pool": pool})

@@ -25,10 +25,9 @@ from pydantic import Field
 
 from ..data.fewshot import sample_shots
 from ..errors import RecipeError
-from ..evaluation.classification import classification_metrics
 from ..semisup import rounds as R
 from ..semisup.acquisition import query
-from ..semisup.reptile import load_trainable, trainable_state
+from ..semisup.reptile import trainable_state
 from .registry import PreparedData, Stage, StageConfig, register
 
 CSV_FIELDS = ["text", "text_pair", "label", "round"]
@@ -50,12 +49,9 @@ def write_label_file(path: Path, rows: list[dict]) -> None:
 
 
 @register
-class Active(Stage):
+class Active(R.RoundClassifier, Stage):
     name = "active"
     summary = "Pool-based active learning (entropy, margin, least confidence, random); accuracy vs labels used."
-    data_kinds = ("classification",)
-    custom_loop = True
-    adversarial_ok = True  # its trainings run in the shared engine (semisup.rounds.fit)
 
     class Config(StageConfig):
         labels: list[str] | None = Field(None, description="Label order; default: sorted labels of the training data.")
@@ -68,9 +64,6 @@ class Active(Stage):
         label_file: str | None = Field(None, description="oracle csv: the CSV to fill in; default "
                                        "<output.dir>/<run name>-to_label.csv (outside the run, kept across runs).")
         reset: bool = Field(True, description="Retrain each round from the initial weights.")
-
-    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
-        return "seq_cls"
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
         cfg = self.config
@@ -87,24 +80,10 @@ class Active(Stage):
         self.pool = R.featurize(self.pool_examples, tokenizer, self.max_length, self.labels)
         train = R.featurize(seed, tokenizer, self.max_length, self.labels)
         evals = R.featurize(eval_examples, tokenizer, self.max_length, self.labels)
-        return PreparedData(train, evals, labels=self.labels,
-                            info={"tokenize": {"examples": len(train), "tokens": sum(len(f["input_ids"]) for f in train)},
-                                  "pool": len(self.pool)})
-
-    def collate(self, features, generator=None) -> dict:
-        return R.make_collate(self.pad_id)(features)
-
-    def loss(self, model, batch):
-        return R.classifier_loss(model, batch)
-
-    def evaluate(self, model, features, batch_size) -> dict[str, float]:
-        probs = R.class_probs(model, features, batch_size, self.pad_id)
-        return classification_metrics(probs.argmax(-1).tolist(), [f["labels"] for f in features])
+        return self.prepared(train, evals, self.labels, len(self.pool))
 
     def _train_point(self, model, features, recipe, folder, data, start, record):
-        if start is not None:
-            load_trainable(model, start)
-        result = R.fit(model, features, recipe, folder, self.pad_id)
+        result = R.fit(model, features, recipe, folder, self.pad_id, start)
         if data.eval:
             record.update(self.evaluate(model, data.eval, recipe.eval.batch_size))
         return result

@@ -17,7 +17,7 @@ from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
 from ..semisup import rounds as R
 from ..semisup.pseudo_label import pseudo_label_precision, select
-from ..semisup.reptile import load_trainable, trainable_state
+from ..semisup.reptile import trainable_state
 from .registry import PreparedData, Stage, register
 from .self_train import RoundSettings, pool_gold
 
@@ -25,18 +25,12 @@ VIEWS = ("head", "tail")
 
 
 @register
-class CoTrain(Stage):
+class CoTrain(R.RoundClassifier, Stage):
     name = "co_train"
     summary = "Co-training: two models on head/tail views of the text label confident pool examples for each other."
-    data_kinds = ("classification",)
-    custom_loop = True
-    adversarial_ok = True  # its trainings run in the shared engine (semisup.rounds.fit)
 
     class Config(RoundSettings):
         per_class: int | None = Field(2, ge=1, description="Per round, each view labels its N most confident per class.")
-
-    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
-        return "seq_cls"
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
         if not self.unlabeled:
@@ -51,15 +45,7 @@ class CoTrain(Stage):
         self.model_b = None
         train = self.views["head"]["train"]
         evals = R.featurize(eval_examples, tokenizer, ml, self.labels)
-        return PreparedData(train, evals, labels=self.labels,
-                            info={"tokenize": {"examples": len(train), "tokens": sum(len(f["input_ids"]) for f in train)},
-                                  "pool": len(self.unlabeled)})
-
-    def collate(self, features, generator=None) -> dict:
-        return R.make_collate(self.pad_id)(features)
-
-    def loss(self, model, batch):
-        return R.classifier_loss(model, batch)
+        return self.prepared(train, evals, self.labels, len(self.unlabeled))
 
     def view_metrics(self, model_a, model_b, batch_size) -> dict[str, float]:
         gold = [f["labels"] for f in self.views["head"]["eval"]]
@@ -86,10 +72,8 @@ class CoTrain(Stage):
         results, rounds = [], []
         for r in range(cfg.rounds + 1):
             for v, m in models.items():
-                if start is not None:
-                    load_trainable(m, start[v])
                 results.append(R.fit(m, self.views[v]["train"] + extra[v], recipe,
-                                     run_dir / "rounds" / f"round-{r}-{v}", self.pad_id))
+                                     run_dir / "rounds" / f"round-{r}-{v}", self.pad_id, start[v] if start else None))
             record = {"round": r, "added_head": len(extra["head"]), "added_tail": len(extra["tail"])}
             if data.eval:
                 record.update(self.view_metrics(model, self.model_b, bs))

@@ -11,10 +11,9 @@ from pathlib import Path
 from pydantic import Field
 
 from ..errors import RecipeError
-from ..evaluation.classification import classification_metrics
 from ..semisup import rounds as R
 from ..semisup.pseudo_label import pseudo_label_precision, select
-from ..semisup.reptile import load_trainable, trainable_state
+from ..semisup.reptile import trainable_state
 from .registry import PreparedData, Stage, StageConfig, register
 
 
@@ -42,16 +41,10 @@ class RoundSettings(StageConfig):
 
 
 @register
-class SelfTrain(Stage):
+class SelfTrain(R.RoundClassifier, Stage):
     name = "self_train"
     summary = "Self-training: pseudo-label the unlabelled pool by confidence, retrain for R rounds."
-    data_kinds = ("classification",)
-    custom_loop = True
-    adversarial_ok = True  # its trainings run in the shared engine (semisup.rounds.fit)
     Config = RoundSettings
-
-    def head(self, model_type: str, is_encoder_decoder: bool) -> str:
-        return "seq_cls"
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
         if not self.unlabeled:
@@ -63,28 +56,14 @@ class SelfTrain(Stage):
         self.gold = pool_gold(recipe, self.unlabeled, self.labels)
         train = R.featurize(train_examples, tokenizer, ml, self.labels)
         evals = R.featurize(eval_examples, tokenizer, ml, self.labels)
-        return PreparedData(train, evals, labels=self.labels,
-                            info={"tokenize": {"examples": len(train), "tokens": sum(len(f["input_ids"]) for f in train)},
-                                  "pool": len(self.pool)})
-
-    def collate(self, features, generator=None) -> dict:
-        return R.make_collate(self.pad_id)(features)
-
-    def loss(self, model, batch):
-        return R.classifier_loss(model, batch)
-
-    def evaluate(self, model, features, batch_size) -> dict[str, float]:
-        probs = R.class_probs(model, features, batch_size, self.pad_id)
-        return classification_metrics(probs.argmax(-1).tolist(), [f["labels"] for f in features])
+        return self.prepared(train, evals, self.labels, len(self.pool))
 
     def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say):
         cfg, bs = self.config, recipe.eval.batch_size
         start = trainable_state(model) if cfg.reset else None
         results, rounds, current = [], [], list(data.train)
         for r in range(cfg.rounds + 1):
-            if start is not None:
-                load_trainable(model, start)
-            results.append(R.fit(model, current, recipe, run_dir / "rounds" / f"round-{r}", self.pad_id))
+            results.append(R.fit(model, current, recipe, run_dir / "rounds" / f"round-{r}", self.pad_id, start))
             record = {"round": r, "labelled": len(data.train), "pseudo_labelled": len(current) - len(data.train)}
             if data.eval:
                 record.update(self.evaluate(model, data.eval, bs))
