@@ -223,6 +223,32 @@ def test_dann(tiny_model_dir, tmp_path):
     assert (Path(s.run_dir) / "adapter" / "domain_classifier.safetensors").is_file()
 
 
+def test_dann_without_domain_weight_is_the_plain_baseline(tiny_model_dir, tmp_path, monkeypatch):
+    """domain_weight: 0 (no adaptation) never encodes the target texts and leaves the domain classifier
+    at its initial weights, so it costs what plain source training costs."""
+    from safetensors.torch import load_file
+
+    import leantune.stages.dann as dann
+    from leantune.transfer.grl import DomainClassifier
+
+    def encode_target(*args, **kwargs):
+        raise AssertionError("target texts encoded with domain_weight 0")
+
+    monkeypatch.setattr(dann, "pooled_features", encode_target)
+    target = write_jsonl(tmp_path / "target.jsonl", [{"text": t} for t, _ in TOPIC * 2])
+    r = recipe(tiny_model_dir("bert", "seq_cls"), tmp_path,
+               {"name": "dann", "hidden": 16, "domain_weight": 0.0,
+                "target_eval": cls_file(tmp_path / "te.jsonl", CLS[:3])},
+               train_file=cls_file(tmp_path / "tr.jsonl", CLS, 2), eval_file=cls_file(tmp_path / "ev.jsonl", CLS),
+               data={"unlabeled": str(target)})
+    s = train(r, progress=False)
+    assert "target_accuracy" in s.eval_after
+    torch.manual_seed(r.train.seed)
+    initial = DomainClassifier(32, 16).state_dict()
+    saved = load_file(str(Path(s.run_dir) / "adapter" / "domain_classifier.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in initial.items())
+
+
 def test_dann_needs_target_text(tiny_model_dir, tmp_path):
     r = recipe(tiny_model_dir("bert", "seq_cls"), tmp_path, {"name": "dann"},
                train_file=cls_file(tmp_path / "tr.jsonl", CLS))

@@ -38,7 +38,8 @@ class DANN(Stage):
     data_kinds = ("classification",)
 
     class Config(StageConfig):
-        domain_weight: float = Field(1.0, ge=0, description="μ: weight of the domain-classification loss.")
+        domain_weight: float = Field(1.0, ge=0, description="μ: weight of the domain-classification loss; "
+                                     "0 = no adaptation (target texts not encoded).")
         gamma: float = Field(10.0, gt=0, description="γ of the λ schedule 2/(1+exp(−γp))−1.")
         lambda_max: float = Field(1.0, ge=0, description="Scale of the schedule (λ_p · lambda_max).")
         schedule: bool = Field(True, description="False: constant λ = lambda_max.")
@@ -113,6 +114,8 @@ class DANN(Stage):
         tgt = {k.removeprefix("target_"): v for k, v in batch.items() if k.startswith("target_")}
         self.domain.grl.lambd = self.current_lambda()
         self.calls += 1
+        if self.config.domain_weight == 0:  # no adaptation, the baseline: the domain branch adds no gradient
+            return model(**src).loss
         out = model(**src, output_hidden_states=True)
         src_feats = pool_hidden(out.hidden_states[-1], src["attention_mask"], is_encoder(model))
         tgt_feats = pooled_features(model, tgt)
