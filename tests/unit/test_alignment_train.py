@@ -126,6 +126,27 @@ def test_reference_is_the_base_model_and_gets_no_gradient(tiny_model_dir):
                           ro.ref_logprobs, atol=1e-5)
 
 
+def test_response_kl_is_the_summed_log_ratio_to_the_base_model(sharp_llama):
+    from leantune.alignment.ppo import generate, response_forward, response_kl, response_mask, token_logprobs
+
+    path = sharp_llama
+    tok = load_tokenizer(path)
+    model = lora_policy(path, perturb=True)
+    torch.manual_seed(0)
+    ids, mask, resp = generate(model, prompt_ids(tok) * 16, tok.pad_token_id, tok.eos_token_id,
+                               GenerationSettings(max_new_tokens=5))
+    kl = response_kl(model, ids, mask, resp, tok.eos_token_id)
+    live = response_mask(resp, tok.eos_token_id)
+    full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, live], 1)
+    base = load_model(path, "causal_lm").eval()
+    with torch.no_grad():
+        policy = token_logprobs(response_forward(model.eval(), full_ids, full_mask, ids.shape[1])[0], resp)
+        ref = token_logprobs(response_forward(base, full_ids, full_mask, ids.shape[1])[0], resp)
+    assert torch.allclose(kl, ((policy - ref) * live).sum(-1), atol=1e-5)
+    assert kl.mean() > 0  # sampled from the policy: a (noisy) estimate of a positive KL
+    assert response_kl(lora_policy(path, perturb=False), ids, mask, resp, tok.eos_token_id).abs().sum() == 0
+
+
 def test_ppo_run_increases_reward(sharp_llama, dialog_files, tmp_path):
     """Reward = fraction of lowercase letters and spaces in the reply (about 0.1 for the random
     tiny model); 12 PPO iterations of 16 prompts push it far up (about 0.6-0.9)."""
@@ -142,6 +163,53 @@ def test_ppo_run_increases_reward(sharp_llama, dialog_files, tmp_path):
     adapter = tmp_path / "ppo" / "adapter"
     assert (adapter / "value_head.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     assert ValueHead.load(adapter).summary.weight.abs().sum() > 0
+
+
+REWARD_SRC = """import os, signal
+calls = [0]
+
+def score(prompts, completions, **kwargs):
+    calls[0] += 1
+    if {interrupt} and calls[0] == 3 and not os.path.exists({marker!r}):  # Ctrl-C during iteration 3, once
+        open({marker!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGINT)
+    return [len(c) / 10 for c in completions]
+"""
+
+
+def test_ppo_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, dialog_files, tmp_path):
+    """Ctrl-C during PPO iteration 3 checkpoints after it; ``resume`` then ends with the same
+    adapter, value head and per-iteration metrics as a run never stopped."""
+    from safetensors.torch import load_file
+
+    from leantune.training.checkpoint import list_checkpoints
+    from leantune.training.engine import TrainingInterrupted
+
+    def ppo_recipe(name, interrupt):
+        reward = tmp_path / f"reward_{name}.py"
+        reward.write_text(REWARD_SRC.format(interrupt=interrupt, marker=str(tmp_path / "interrupted")))
+        return recipe(tiny_model_dir("llama"), {"name": "ppo", "reward": f"{reward}:score", "max_new_tokens": 6,
+                                                "kl_coef": 0.1, "ppo_epochs": 2, "mini_batch_size": 2},
+                      {"train": str(dialog_files / "sft.jsonl"), "eval_split": 0}, tmp_path, name,
+                      max_steps=5, lr=1e-2, save_steps=2)
+
+    full = train(ppo_recipe("a", False))
+    stopped = ppo_recipe("b", True)
+    with pytest.raises(TrainingInterrupted, match="iteration 3"):
+        train(stopped)
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "checkpoints")] == ["step-2", "step-3"]
+    resumed = train(stopped, resume=True)
+
+    keys = ("reward", "kl", "policy_loss", "value_loss", "approx_kl")
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    for a, b in zip(full.history, resumed.history):
+        assert [a[k] for k in keys] == pytest.approx([b[k] for k in keys], abs=1e-6), (a, b)
+    assert full.history[-1]["kl"] != 0.0  # the policy moved, so the comparison means something
+    for f in ("adapter_model.safetensors", "value_head.safetensors"):
+        wa, wb = load_file(tmp_path / "a" / "adapter" / f), load_file(tmp_path / "b" / "adapter" / f)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0), (f, k)
 
 
 # --------------------------------------------------------------------------- reward model

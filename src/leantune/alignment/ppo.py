@@ -221,6 +221,22 @@ def generate(model: nn.Module, prompts: list[list[int]], pad_id: int, eos_id: in
     return ids, mask, out[:, ids.shape[1]:]
 
 
+@torch.no_grad()
+def response_kl(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor,
+                eos_id: int | None, temperature: float = 1.0) -> torch.Tensor:
+    """Σ_t log π(a_t) − log π_ref(a_t) over each response's live tokens, π_ref = the model with its
+    adapter disabled. For responses sampled from π this is the k1 estimate of KL(π‖π_ref) per
+    response, the quantity PPO penalises; log-probs use logits / temperature, as in the rollouts."""
+    live = response_mask(responses, eos_id)
+    input_ids, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, live], 1)
+    P = prompt_ids.shape[1]
+    with evaluating(model):
+        logp = token_logprobs(response_forward(model, input_ids, attention_mask, P, temperature)[0], responses)
+        with model.disable_adapter():
+            ref = token_logprobs(response_forward(model, input_ids, attention_mask, P, temperature)[0], responses)
+    return ((logp - ref) * live).sum(-1)
+
+
 # --------------------------------------------------------------------------- the trainer
 
 @dataclass
@@ -370,6 +386,24 @@ class PPO:
 def write_metrics(path: Path, record: dict) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> list[dict]:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (resuming from a checkpoint there)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(record)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+    return kept
 
 
 def n_iterations(n_prompts: int, batch_size: int, epochs: float, max_steps: int | None) -> int:

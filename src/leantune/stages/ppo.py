@@ -3,20 +3,24 @@ arXiv:1707.06347): LoRA policy + value head, reference = adapter disabled, per-t
 penalty, GAE, clipped policy and value losses. The loop lives in ``alignment/ppo.py``."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from ..alignment.ppo import (PPO, GenerationSettings, PPOSettings, ValueHead, generate, hidden_size,
-                             n_iterations, now, prompt_batches, response_mask, write_metrics)
+                             n_iterations, now, prompt_batches, response_kl, response_mask, truncate_metrics,
+                             write_metrics)
 from ..alignment.preference import prompt_messages, render_prompt
 from ..alignment.rewards import resolve_reward
 from ..data.templates import resolve_template
 from ..errors import RecipeError
 from ..methods.registry import wraps_model
-from ..training.engine import TrainResult, _ProgressBar, autocast_context, seed_everything
+from ..training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from ..training.engine import TrainingInterrupted, TrainResult, _ProgressBar, autocast_context, seed_everything
 from ..training.optim import build_optimizer, build_scheduler, param_groups
 from .registry import PreparedData, Stage, StageConfig, register
 
@@ -26,6 +30,8 @@ class GenerationConfig(StageConfig):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same).")
     top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0: all.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    eval_samples: int = Field(1, ge=0, description="Sampled replies per eval prompt for the sampled reward "
+                                                  "and the KL to the reference (0: greedy replies only).")
 
 
 class RewardConfig(StageConfig):
@@ -52,7 +58,7 @@ class PPOStage(Stage):
         ppo_epochs: int = Field(4, gt=0, description="Optimisation epochs per rollout batch.")
         mini_batch_size: int | None = Field(None, gt=0, description="Default: the whole rollout batch.")
         whiten_advantages: bool = True
-        eval_max_prompts: int = Field(32, gt=0, description="Eval prompts scored (greedy) before/after.")
+        eval_max_prompts: int = Field(32, gt=0, description="Eval prompts scored before/after training.")
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         if is_encoder_decoder:
@@ -81,30 +87,50 @@ class PPOStage(Stage):
                             info={"tokenize": {"examples": len(train_examples)}})
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
-        """Mean reward of greedy replies to the eval prompts."""
-        scores, lengths = [], []
+        """On the eval prompts: ``reward``, the mean reward of greedy replies; ``reward_sampled``, of
+        ``eval_samples`` sampled replies per prompt (the objective RL maximises); with an adapter
+        ``kl``, the mean KL(π‖π_ref) per sampled reply (:func:`response_kl`)."""
+        greedy, lengths, sampled, kls = [], [], [], []
+        pad, eos, gen, n = (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.generation(),
+                            self.config.eval_samples)
+        has_adapter = hasattr(model, "disable_adapter") and getattr(model, "peft_config", None)
+
+        def replies(responses):
+            mask = response_mask(responses, eos)
+            return [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)], mask
+
         for s in range(0, len(features), batch_size):
             chunk = features[s: s + batch_size]
-            _, _, resp = generate(model, [f["input_ids"] for f in chunk], self.tokenizer.pad_token_id,
-                                  self.tokenizer.eos_token_id, self.generation(), greedy=True)
-            mask = response_mask(resp, self.tokenizer.eos_token_id)
-            texts = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(resp, mask)]
-            scores.append(self.reward_fn([f["messages"] for f in chunk], texts))
+            prompts, msgs = [f["input_ids"] for f in chunk], [f["messages"] for f in chunk]
+            texts, mask = replies(generate(model, prompts, pad, eos, gen, greedy=True)[2])
+            greedy.append(self.reward_fn(msgs, texts))
             lengths.append(mask.sum(-1).float())
-        if not scores:
+            if n:
+                ids, p_mask, responses = generate(model, [p for p in prompts for _ in range(n)], pad, eos, gen)
+                sampled.append(self.reward_fn([m for m in msgs for _ in range(n)], replies(responses)[0]))
+                if has_adapter:
+                    kls.append(response_kl(model, ids, p_mask, responses, eos, gen.temperature))
+        if not greedy:
             return {}
-        return {"reward": torch.cat(scores).mean().item(), "response_len": torch.cat(lengths).mean().item()}
+        out = {"reward": torch.cat(greedy).mean().item(), "response_len": torch.cat(lengths).mean().item()}
+        if sampled:
+            out["reward_sampled"] = torch.cat(sampled).mean().item()
+        if kls:
+            out["kl"] = torch.cat(kls).mean().item()
+        return out
 
     def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say):
+        """PPO iterations with the engine's checkpoints: every ``train.save_steps`` iterations and on
+        Ctrl-C, ``checkpoints/step-N/`` holds the adapter and value head, optimizer, scheduler and
+        random-number states; ``resume`` continues from the last one and ends as an uninterrupted run."""
         if not wraps_model(method):
             raise RecipeError("stage ppo: the method must be PEFT-based (e.g. lora): the reference policy "
                               "is the model with its adapter disabled")
-        if resume:
-            say("[yellow]stage ppo has no checkpoints to resume from; starting over")
         cfg, c = recipe.train, self.config
         seed_everything(cfg.seed)
         device = next(model.parameters()).device
         self.value_head = ValueHead(hidden_size(model)).to(device)
+        trainable = nn.ModuleDict({"policy": model, "value_head": self.value_head})  # what a checkpoint holds
         iterations = n_iterations(len(data.train), cfg.batch_size, cfg.epochs, cfg.max_steps)
         mb = c.mini_batch_size or cfg.batch_size
         updates = iterations * c.ppo_epochs * -(-min(cfg.batch_size, len(data.train)) // mb)
@@ -117,14 +143,32 @@ class PPOStage(Stage):
                   PPOSettings(c.kl_coef, c.gamma, c.lam, c.clip_range, c.clip_range_value, c.vf_coef, c.ppo_epochs,
                               c.mini_batch_size, c.whiten_advantages, cfg.max_grad_norm),
                   self.generation(), autocast)
-        metrics = Path(run_dir) / "metrics.jsonl"
-        metrics.unlink(missing_ok=True)
+        metrics, ckpt_root = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "checkpoints"
         batches = prompt_batches(len(data.train), cfg.batch_size, cfg.seed)
-        bar = _ProgressBar(iterations, 0, enabled=progress)
-        history, t0, tokens, record = [], now(), 0, {}
+        start, history = 0, []
+        if resume and (ckpts := list_checkpoints(ckpt_root)):
+            start = load_checkpoint(ckpts[-1], trainable, optimizer, scheduler)["step"]
+            history = truncate_metrics(metrics, start)
+            for _ in range(start):  # the prompt batches already used
+                next(batches)
+            say(f"resuming PPO from {ckpts[-1]}")
+        else:
+            if resume:
+                say("[yellow]no PPO checkpoint to resume from; starting over")
+            metrics.unlink(missing_ok=True)
+        stop: list[bool] = []
+
+        def request_stop(signum, frame):
+            if stop:  # a second Ctrl-C stops at once, as in the engine
+                raise KeyboardInterrupt
+            stop.append(True)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        bar = _ProgressBar(iterations, start, enabled=progress)
+        t0, tokens, record, step = now(), 0, {}, start
         model.train()
         try:
-            for step in range(1, iterations + 1):
+            for step in range(start + 1, iterations + 1):
                 idx = next(batches)
                 feats = [data.train[i] for i in idx]
                 record, ro = ppo.step([f["input_ids"] for f in feats], [f["messages"] for f in feats])
@@ -136,10 +180,17 @@ class PPOStage(Stage):
                 if step % cfg.logging_steps == 0 or step == iterations or step == 1:
                     history.append(record)
                     write_metrics(metrics, record)
+                if (cfg.save_steps and step % cfg.save_steps == 0) or stop:
+                    save_checkpoint(ckpt_root, step, trainable, optimizer, scheduler, {"loss": record["loss"]},
+                                    cfg.save_total_limit)
+                if stop:
+                    raise TrainingInterrupted(f"interrupted: checkpoint saved at PPO iteration {step} in "
+                                              f"{ckpt_root}; continue with `leantune train … --resume`")
         finally:
             bar.close()
+            signal.signal(signal.SIGINT, previous)
         wall = now() - t0
-        return model, TrainResult(steps=iterations, final_loss=record.get("loss", float("nan")), wall_time_s=wall,
+        return model, TrainResult(steps=step, final_loss=record.get("loss", float("nan")), wall_time_s=wall,
                                   tokens=tokens, tokens_per_s=tokens / max(wall, 1e-9), label_tokens_per_s=0.0,
                                   history=history)
 
