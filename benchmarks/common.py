@@ -122,6 +122,11 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+# Worker processes print only what the benchmark prints: no library chatter or progress bars.
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+             "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
 def run_worker(script: Path, args: list[str], timeout: float, env: dict | None = None) -> dict:
     """Run ``python script --worker …`` in a fresh process (separate RSS peak); return its JSON.
 
@@ -130,7 +135,7 @@ def run_worker(script: Path, args: list[str], timeout: float, env: dict | None =
     """
     cmd = [sys.executable, str(script), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+                          env={**os.environ, **QUIET_ENV, **(env or {})}, cwd=ROOT)
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -225,7 +230,7 @@ def run_lockstep(script: Path, workers: dict[str, list[str]], steps: int, step_t
         err = tempfile.TemporaryFile("w+")
         proc = subprocess.Popen([sys.executable, str(script), *args, "--sync", f"{go_r},{done_w}"],
                                 stdout=out, stderr=err, pass_fds=(go_r, done_w), cwd=ROOT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **QUIET_ENV, **(env or {})})
         os.close(go_r)
         os.close(done_w)
         procs[name] = {"proc": proc, "go": go_w, "done": done_r, "out": out, "err": err, "alive": True}

@@ -276,8 +276,6 @@ def main() -> int:
     facts = machine_facts()
     print(f"# estimate accuracy on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}", flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     t_all = time.perf_counter()
     rows = []
     for model, method in cases:
@@ -286,7 +284,7 @@ def main() -> int:
             t0 = time.perf_counter()
             try:
                 r = run_worker(Path(__file__), ["--worker", f"{model}/{method}", "--seed", str(42 + seed),
-                                                "--size", json.dumps(size)], timeout=a.timeout, env=env)
+                                                "--size", json.dumps(size)], timeout=a.timeout)
             except Exception as exc:  # subprocess.TimeoutExpired
                 r = {"error": f"{type(exc).__name__}: {exc}"}
             r["process_wall_s"] = round(time.perf_counter() - t0, 1)

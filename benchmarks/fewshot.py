@@ -262,8 +262,6 @@ def main() -> None:
     facts = machine_facts()
     print(f"# few-shot benchmark on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}", flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     keep = str(Path(a.keep_runs).resolve()) if a.keep_runs else None
     rows: dict[str, dict] = {}
     t_all = time.perf_counter()
@@ -275,7 +273,7 @@ def main() -> None:
         for name in names:
             t0 = time.perf_counter()
             try:
-                r = run_worker(Path(__file__), ["--worker", name, "--plan", json.dumps(plan)], timeout=a.timeout, env=env)
+                r = run_worker(Path(__file__), ["--worker", name, "--plan", json.dumps(plan)], timeout=a.timeout)
             except Exception as exc:  # subprocess.TimeoutExpired
                 r = {"error": f"{type(exc).__name__}: {exc}"}
             r["process_wall_s"] = round(time.perf_counter() - t0, 1)

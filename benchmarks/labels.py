@@ -413,8 +413,6 @@ def main() -> None:
     print(f"# few-labels benchmark on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}, seeds {size['seeds']}",
           flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     rows: dict[str, dict] = {}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labels_data_") as folder:
@@ -423,7 +421,7 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 r = run_worker(Path(__file__), ["--worker", case, "--data", json.dumps(data), "--size", json.dumps(size)],
-                               timeout=a.timeout, env=env)
+                               timeout=a.timeout)
             except Exception as exc:  # subprocess.TimeoutExpired
                 r = {"error": f"{type(exc).__name__}: {exc}"}
             r["process_wall_s"] = round(time.perf_counter() - t0, 1)

@@ -293,8 +293,6 @@ def main() -> None:
     facts = machine_facts()
     print(f"# methods matrix on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}", flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     steps = {"sft": a.sft_steps, "cls": a.cls_steps}
     rows: dict[str, dict] = {}
     t_all = time.perf_counter()
@@ -313,7 +311,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 try:
                     r = run_worker(Path(__file__), ["--worker", entry, "--task", task, "--steps", str(steps[task]),
-                                                    "--data", json.dumps(data)], timeout=a.timeout, env=env)
+                                                    "--data", json.dumps(data)], timeout=a.timeout)
                 except Exception as exc:  # subprocess.TimeoutExpired
                     r = {"error": f"{type(exc).__name__}: {exc}"}
                 if "error" in r and "status" not in r:

@@ -291,8 +291,6 @@ def main() -> None:
     facts = machine_facts()
     print(f"# SFT throughput on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, native bf16: "
           f"{facts['native_bf16']}), load average {facts['load_average_at_start']}", flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
     for group in groups:
@@ -301,7 +299,7 @@ def main() -> None:
         print(f"## group {group}: {', '.join(names)} in lock-step, {steps} steps ({warmup} warm-up)", flush=True)
         t0 = time.perf_counter()
         raws = run_lockstep(Path(__file__), {n: ["--worker", n, "--steps", str(steps)] for n in names}, steps,
-                            env=env, log=lambda m: print(m, flush=True))
+                            log=lambda m: print(m, flush=True))
         for name in names:
             side, method, precision, ref, label, options = ROWS[name]
             entry = {"label": label, "side": side, "method": method, "options": options, "group": group,

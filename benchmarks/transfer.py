@@ -529,8 +529,6 @@ def main() -> None:
     print(f"# transfer benchmark on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}, seeds {plan['seeds']}",
           flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="transfer_data_") as folder:
@@ -539,7 +537,7 @@ def main() -> None:
             print(f"  {section} …", flush=True)
             try:
                 r = run_worker(Path(__file__), ["--worker", section, "--plan", json.dumps(plan),
-                                                "--files", json.dumps(files)], timeout=a.timeout, env=env)
+                                                "--files", json.dumps(files)], timeout=a.timeout)
             except subprocess.TimeoutExpired:
                 r = {"status": "error", "message": f"timed out after {a.timeout:.0f} s"}
             if "error" in r and "status" not in r:
