@@ -397,8 +397,6 @@ def main() -> None:
     facts = machine_facts()
     print(f"# RLHF benchmark on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}", flush=True)
-    env = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     needs = {"rm": ["sft"], "ppo-rm": ["sft", "rm"], "dpo": ["sft"], "ppo-words": ["sft"], "grpo-words": ["sft"]}
     results: dict[int, dict] = {}
     t_all = time.perf_counter()
@@ -424,7 +422,7 @@ def main() -> None:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    r = run_worker(Path(__file__), ["--worker", json.dumps(raw)], timeout=a.timeout, env=env)
+                    r = run_worker(Path(__file__), ["--worker", json.dumps(raw)], timeout=a.timeout)
                 except Exception as exc:  # subprocess.TimeoutExpired
                     r = {"error": f"{type(exc).__name__}: {exc}"}
                 if "error" in r and "status" not in r:
