@@ -313,7 +313,7 @@ def estimate(
         double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant"),
         optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, sgd."),
         batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-        seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
+        seq_len: int = typer.Option(512, "--seq-len", "--max-length", "-s", min=1, help="Tokens per sequence (the recipe's train.max_length)."),
         checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing"),
         label_fraction: float = typer.Option(1.0, "--label-fraction", min=0.0, max=1.0,
                                              help="Share of positions with labels (logits are computed there only)."),
