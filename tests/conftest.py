@@ -68,6 +68,19 @@ def torch_single_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def torch_test_threads():
+    """One intra-op thread unless LEANTUNE_TEST_THREADS says otherwise, for the real-model tests:
+    on a small machine shared with other jobs, two OpenMP threads that wait on each other run
+    several times slower than one."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("LEANTUNE_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(saved)
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 def build_tiny_tokenizer():

@@ -9,21 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _torch_threads():
-    """One intra-op thread unless LEANTUNE_TEST_THREADS says otherwise: on a small machine shared
-    with other jobs, two OpenMP threads that wait on each other run several times slower than one."""
-    import os
-
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("LEANTUNE_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(saved)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("torch_test_threads")]
 
 
 N_TRAIN, N_EVAL = 256, 48
