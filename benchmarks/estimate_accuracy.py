@@ -2,7 +2,9 @@
 
 Part 1, measured here. For SmolLM2-135M (instruction SFT on the built-in shell-help
 data, alpaca, loss on responses only) and MiniLM-L6 (20 Newsgroups, 4 classes, new
-head) × full / LoRA / QLoRA, each seed trains in its own subprocess through
+head) × full / LoRA / QLoRA × each precision ``precision: auto`` can pick on this machine
+(``train.precision``: fp32 always, bf16 autocast where the CPU has native bf16, see
+``training/engine.py: cpu_has_native_bf16``), each seed trains in its own subprocess through
 ``pipeline.train``, which records the estimate it made before loading the model
 (``summary.estimate_mb``: the longest training sequence and the share of labelled
 positions of the tokenized data) and the process's peak RSS. The error is
@@ -22,6 +24,8 @@ memory table), with the conditions and whether they are stated or assumed
     .venv/bin/python benchmarks/estimate_accuracy.py --quick    # 1 seed, 4 examples, batch 4, max length 64: ~4 min
     .venv/bin/python benchmarks/estimate_accuracy.py --only minilm-l6/lora --only minilm-l6/full --update
         # re-measure those cases and replace their rows in the existing --out file (listed under "updates")
+    .venv/bin/python benchmarks/estimate_accuracy.py --only smollm2-135m/lora/bf16 --precision bf16
+        # a case is model/method (every precision) or model/method/precision
 
 Sizes: 8 examples, batch 8 (one batch per epoch), max length 128, 2 optimizer steps: the
 second step runs the same longest batch (the one the estimate sizes) once the optimizer
@@ -52,19 +56,28 @@ DATA = {
                   "stage": "cls"},
 }
 CASES = [(m, meth) for m in ("smollm2-135m", "minilm-l6") for meth in ("full", "lora", "qlora")]
+PRECISION_NOTES = {"fp32": "fp32 weights and compute", "bf16": "fp32 weights, bf16 autocast (native bf16 CPU)"}
 FULL = {"seeds": 2, "samples": 8, "batch": 8, "max_length": 128, "steps": 2}
 QUICK = {"seeds": 1, "samples": 4, "batch": 4, "max_length": 64, "steps": 2}
 TARGET_PCT = 15.0
 MB = 2**20
 
 
-def recipe(model: str, method: str, out: Path, seed: int, size: dict) -> dict:
+def machine_precisions() -> list[str]:
+    """The precisions ``precision: auto`` can pick on this machine: fp32, and bf16 autocast
+    where the CPU has native bf16 (what ``training/engine.py`` checks)."""
+    from leantune.training.engine import cpu_has_native_bf16
+
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+
+
+def recipe(model: str, method: str, out: Path, seed: int, size: dict, precision: str = "fp32") -> dict:
     d = DATA[model]
     return {
         "model": model, "method": method, "stage": d["stage"],
         "data": {"train": d["train"], "format": d["format"], "eval_split": 0.0, "max_samples": size["samples"]},
         "train": {"max_steps": size["steps"], "batch_size": size["batch"], "max_length": size["max_length"],
-                  "logging_steps": 1, "lr": 1e-4, "seed": seed},
+                  "logging_steps": 1, "lr": 1e-4, "seed": seed, "precision": precision},
         "eval": {"before": False, "prompts": []},
         "output": {"dir": str(out), "name": f"{model}-{method}", "overwrite": True},
     }
@@ -98,7 +111,7 @@ def _heap_mb() -> dict | None:
     return {"heap": m.arena / MB, "in_use": m.uordblks / MB, "free": m.fordblks / MB}
 
 
-def worker(model: str, method: str, seed: int, size: dict) -> dict:
+def worker(model: str, method: str, seed: int, size: dict, precision: str) -> dict:
     """One training run through ``pipeline.train``; probes read RSS at the phase boundaries
     (they read /proc and mallinfo only, so the measured peak is the run's own)."""
     import leantune.pipeline as pipeline
@@ -128,9 +141,10 @@ def worker(model: str, method: str, seed: int, size: dict) -> dict:
 
     pipeline.load_model, pipeline.Engine = probed_load, ProbedEngine
     with tempfile.TemporaryDirectory(prefix="estimate_accuracy_") as tmp:
-        s = pipeline.train(load_recipe(raw=recipe(model, method, Path(tmp), seed, size)), progress=False)
+        s = pipeline.train(load_recipe(raw=recipe(model, method, Path(tmp), seed, size, precision)),
+                           progress=False)
     return {"estimate_mb": s.estimate_mb, "estimate": s.estimate, "peak_mb": max(s.peak_memory_mb, peak_rss_mb()),
-            "memory_kind": s.memory_kind, "trainable": s.trainable_params, "total": s.total_params,
+            "memory_kind": s.memory_kind, "precision": s.precision, "trainable": s.trainable_params, "total": s.total_params,
             "train_wall_s": s.wall_time_s, "steps": s.steps, "probes": probes}
 
 
@@ -194,10 +208,10 @@ def published() -> list[dict]:
 
 # --------------------------------------------------------------------------- driver
 
-def summarize(model: str, method: str, runs: list[dict]) -> dict:
+def summarize(model: str, method: str, precision: str, runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
-        return {"model": model, "method": method, "error": runs[0].get("error"),
+        return {"model": model, "method": method, "precision": precision, "error": runs[0].get("error"),
                 "stderr_tail": runs[0].get("stderr_tail")}
     peaks = [r["peak_mb"] for r in ok]
     mean = statistics.mean(peaks)
@@ -206,7 +220,8 @@ def summarize(model: str, method: str, runs: list[dict]) -> dict:
     fwd = [r["probes"].get("peak_forward", {}) for r in ok]
     heap_free = [f["glibc"]["free"] for f in fwd if f.get("glibc")]
     return {
-        "model": model, "method": method, "n": len(ok),
+        "model": model, "method": method, "precision": precision, "trained_precision": ok[0].get("precision"),
+        "n": len(ok),
         "predicted_mb": round(predicted, 1) if predicted else None,
         "predicted_per_seed_mb": [round(r["estimate_mb"] or 0, 1) for r in ok],
         "measured_mb": [round(p, 1) for p in peaks], "measured_mean_mb": round(mean, 1),
@@ -224,15 +239,20 @@ def summarize(model: str, method: str, runs: list[dict]) -> dict:
     }
 
 
+def row_key(r: dict) -> tuple[str, str, str]:
+    return r["model"], r["method"], r.get("precision", "fp32")  # rows before precisions were added: fp32
+
+
 def tables(rows: list[dict], pub: list[dict]) -> tuple[str, str]:
     body = []
     for r in rows:
+        case = f"{r['model']} {r['method']} {row_key(r)[2]}"
         if "error" in r:
-            body.append([f"{r['model']} {r['method']}", "-", "error", "-", "-", "-"])
+            body.append([case, "-", "error", "-", "-", "-"])
             continue
         comps = r["components_mb"]
         body.append([
-            f"{r['model']} {r['method']}", f"{r['predicted_mb']:,.0f}",
+            case, f"{r['predicted_mb']:,.0f}",
             f"{r['measured_mean_mb']:,.0f} ± {r['measured_std_mb']:.0f} (n={r['n']})",
             f"{r['error_pct']:+.1f} %",
             f"{statistics.mean(r['measured_rss_before_load_mb']):,.0f} / {comps.get('overhead', 0):,.0f}",
@@ -248,7 +268,10 @@ def tables(rows: list[dict], pub: list[dict]) -> tuple[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, 8 examples, batch 4, max length 64")
-    ap.add_argument("--only", action="append", help="model/method, repeatable (default: all six)")
+    ap.add_argument("--only", action="append",
+                    help="model/method (every --precision) or model/method/precision, repeatable (default: all six)")
+    ap.add_argument("--precision", action="append", choices=sorted(PRECISION_NOTES),
+                    help="repeatable (default: each precision the machine can pick: fp32, and bf16 where native)")
     ap.add_argument("--seeds", type=int, help="runs per case (default: 2, --quick 1)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per worker")
     ap.add_argument("--out", default=str(RESULTS / "estimate_accuracy.json"))
@@ -260,8 +283,8 @@ def main() -> int:
     ap.add_argument("--size", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        model, method = a.worker.split("/")
-        emit(worker(model, method, a.seed, json.loads(a.size)))
+        model, method, precision = a.worker.split("/")
+        emit(worker(model, method, a.seed, json.loads(a.size), precision))
         return 0
 
     previous = json.loads(Path(a.out).read_text()) if a.update else None
@@ -272,46 +295,51 @@ def main() -> int:
         size["seeds"] = a.seeds
     if previous:  # same conditions as the rows kept
         size = {k: previous["conditions"][k] for k in FULL}
-    cases = [c for c in CASES if not a.only or f"{c[0]}/{c[1]}" in a.only]
+    precisions = a.precision or machine_precisions()
+    cases = [(m, meth, p) for m, meth in CASES for p in precisions
+             if not a.only or f"{m}/{meth}" in a.only or f"{m}/{meth}/{p}" in a.only]
     facts = machine_facts()
     print(f"# estimate accuracy on {facts['cpu_model']} ({facts['usable_cpus']} CPUs, torch threads "
           f"{facts.get('torch_threads')}), load average {facts['load_average_at_start']}", flush=True)
     t_all = time.perf_counter()
     rows = []
-    for model, method in cases:
+    for model, method, precision in cases:
         runs = []
         for seed in range(size["seeds"]):
             t0 = time.perf_counter()
             try:
-                r = run_worker(Path(__file__), ["--worker", f"{model}/{method}", "--seed", str(42 + seed),
+                r = run_worker(Path(__file__), ["--worker", f"{model}/{method}/{precision}", "--seed", str(42 + seed),
                                                 "--size", json.dumps(size)], timeout=a.timeout)
             except Exception as exc:  # subprocess.TimeoutExpired
                 r = {"error": f"{type(exc).__name__}: {exc}"}
             r["process_wall_s"] = round(time.perf_counter() - t0, 1)
             runs.append(r)
             if "error" in r:
-                print(f"  {model} {method} seed {42 + seed}: {r['error']}\n{r.get('stderr_tail', '')}", flush=True)
+                print(f"  {model} {method} {precision} seed {42 + seed}: {r['error']}\n{r.get('stderr_tail', '')}", flush=True)
             else:
-                print(f"  {model} {method} seed {42 + seed}: predicted {r['estimate_mb']:,.0f} MB, peak RSS "
+                print(f"  {model} {method} {precision} seed {42 + seed}: predicted {r['estimate_mb']:,.0f} MB, peak RSS "
                       f"{r['peak_mb']:,.0f} MB ({r['process_wall_s']:.0f} s)", flush=True)
-        rows.append(summarize(model, method, runs))
+        rows.append(summarize(model, method, precision, runs))
     pub = published()
     command = " ".join([".venv/bin/python benchmarks/estimate_accuracy.py", *sys.argv[1:]])
     updates, wall = [], round(time.perf_counter() - t_all, 1)
     if previous:
-        updates = [*previous.get("updates", []), {"command": command, "cases": [f"{m}/{x}" for m, x in cases],
+        updates = [*previous.get("updates", []), {"command": command, "cases": ["/".join(c) for c in cases],
                                                   "machine": facts, "wall_s": wall}]
-        fresh = {(r["model"], r["method"]): r for r in rows}
-        rows = [fresh.get((r["model"], r["method"]), r) for r in previous["rows"]]
-        rows += [r for k, r in fresh.items() if k not in {(x["model"], x["method"]) for x in previous["rows"]}]
+        fresh = {row_key(r): r for r in rows}
+        rows = [fresh.get(row_key(r), r) for r in previous["rows"]]
+        rows += [r for k, r in fresh.items() if k not in {row_key(x) for x in previous["rows"]}]
         command, facts, wall = previous["command"], previous["machine"], previous["total_wall_s"]
     measured, pub_table = tables(rows, pub)
     errs = [abs(r["error_pct"]) for r in rows if r.get("error_pct") is not None]
+    by_precision = {p: max((abs(r["error_pct"]) for r in rows if row_key(r)[2] == p and r.get("error_pct") is not None),
+                           default=None) for p in sorted({row_key(r)[2] for r in rows})}
     print("\n" + measured + "\n\n" + pub_table + "\n")
     payload = {
         "benchmark": "estimate_accuracy",
         "command": command,
-        "conditions": {**size, "device": "cpu", "precision": "fp32 (this CPU has no native bf16)",
+        "conditions": {**size, "device": "cpu",
+                       "precision": {p: PRECISION_NOTES[p] for p in sorted({row_key(r)[2] for r in rows})},
                        "measured": "ru_maxrss of the worker process (one process per case and seed)",
                        "error": "(predicted - mean measured) / mean measured",
                        "data": {m: d["train"].replace(str(ROOT) + "/", "") for m, d in DATA.items()}},
@@ -320,6 +348,7 @@ def main() -> int:
         "updates": updates,
         "rows": rows,
         "max_abs_error_pct": max(errs) if errs else None,
+        "max_abs_error_pct_by_precision": by_precision,
         "target_pct": TARGET_PCT,
         "published": pub,
         "published_not_compared": [{"source": s, "row": r, "why": w} for s, r, w in NOT_COMPARED],

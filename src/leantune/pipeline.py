@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import random
 import resource
-import shutil
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -18,16 +16,17 @@ import torch
 
 from .atomic import atomic_dir, atomic_write_text
 from .data.formats import FORMATS, load_examples
+from .data.paths import resolve_data_path
 from .errors import LeantuneError, RecipeError
 from .evaluation.generate import generate_answers
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .recipe import Recipe
+from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, open_run_dir
 from .report.run_report import write_report
 from .stages.registry import build_stage
 from .training.engine import Engine, count_total_steps, seed_everything
 
-RUN_META = "run.json"
 
 
 @dataclass
@@ -57,17 +56,6 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_data_path(spec: str, base_dir: Path | None = None) -> Path:
-    """A data file: ``builtin:NAME`` (shipped with leantune), a path, or a path beside the recipe."""
-    if spec.startswith("builtin:"):
-        path = Path(str(resources.files("leantune") / "resources" / spec.removeprefix("builtin:")))
-    else:
-        path = Path(spec).expanduser()
-        if not path.exists() and base_dir is not None and (base_dir / spec).exists():
-            path = base_dir / spec
-    return path
 
 
 def peak_memory_mb() -> tuple[float, str]:
@@ -121,31 +109,9 @@ def _load_labelled(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[
     return examples, []
 
 
-def check_run_dir(recipe: Recipe, resume: bool) -> Path:
-    """Refuse to clobber an existing run, or to resume one with a different recipe; creates nothing."""
-    run_dir = Path(recipe.output.dir) / recipe.run_name
-    if run_dir.exists() and not resume and not recipe.output.overwrite:
-        raise LeantuneError(
-            f"run directory {run_dir} already exists; continue it with --resume, "
-            f"replace it with output.overwrite=true, or choose output.name=…"
-        )
-    if resume and (run_dir / RUN_META).is_file():
-        saved = Recipe.model_validate(json.loads((run_dir / RUN_META).read_text())["recipe"])
-        if saved.model_dump(exclude={"train": {"max_steps", "epochs"}}) != recipe.model_dump(
-                exclude={"train": {"max_steps", "epochs"}}):
-            raise LeantuneError(f"--resume: the recipe differs from the one {run_dir} was started with")
-    return run_dir
-
-
-def create_run_dir(run_dir: Path, resume: bool) -> Path:
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None, progress: bool = True,
           say: Callable[[str], None] = lambda s: None) -> RunSummary:
+    run_dir = check_run_dir(recipe, resume)
     seed_everything(recipe.train.seed)
     stage = build_stage(recipe.stage)
     if recipe.train.adversarial is not None and stage.custom_loop and not getattr(stage, "adversarial_ok", False):
@@ -165,7 +131,6 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if tok.get("dropped_empty"):
         say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
 
-    run_dir = check_run_dir(recipe, resume)
     estimate = _estimate_before(recipe, config, stage, data, say) if stage.trains else None
     model = load_model(model_path, stage.head_name, recipe.model.dtype, recipe.model.trust_remote_code,
                        method.load_kwargs(), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
@@ -183,7 +148,15 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     method.set_total_steps(count_total_steps(len(data.train), recipe.train))
     model = method.apply(model, stage.head_name)
     model = stage.attach(model)
-    create_run_dir(run_dir, resume)
+    with open_run_dir(run_dir, resume, say):
+        return _train_into(run_dir, recipe, stage, method, model, tokenizer, data, model_path, resume, progress,
+                           say, before, answers_before, prompts, estimate)
+
+
+def _train_into(run_dir: Path, recipe: Recipe, stage, method, model, tokenizer, data, model_path: Path,
+                resume: bool, progress: bool, say: Callable[[str], None], before, answers_before, prompts,
+                estimate) -> RunSummary:
+    eval_bs = recipe.eval.batch_size
     meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
             "labels": data.labels}
     atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
@@ -205,7 +178,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}
     answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
                                      recipe.eval.max_new_tokens) if prompts else []
-    with atomic_dir(run_dir / "adapter") as tmp:
+    with atomic_dir(run_dir / "adapter", force=True) as tmp:
         method.save(model, tmp)
         stage.save_extra(model, tmp)
         tokenizer.save_pretrained(tmp)
@@ -225,9 +198,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if details := getattr(stage, "eval_details", None):  # e.g. continual's accuracy matrix
         written = json.loads((run_dir / "eval.json").read_text())
         atomic_write_text(run_dir / "eval.json", json.dumps({**written, **details}, indent=2, default=str))
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
+    atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
     return summary
-
 
 
 def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], None]) -> dict | None:
@@ -251,9 +223,14 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
                   say: Callable[[str], None]) -> RunSummary:
     """Stages that do not train (``trains = False``, e.g. in-context learning): evaluate the
     base model once, write ``eval.json`` (metrics and the stage's ``eval_details``), no method."""
+    with open_run_dir(run_dir, False, say):
+        return _evaluate_into(run_dir, recipe, stage, model, data, model_path, say)
+
+
+def _evaluate_into(run_dir: Path, recipe: Recipe, stage, model, data, model_path: Path,
+                   say: Callable[[str], None]) -> RunSummary:
     import time
 
-    create_run_dir(run_dir, False)
     meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
             "labels": data.labels}
     atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
@@ -274,5 +251,5 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
     write_report(run_dir, summary.as_dict())  # writes eval.json {before, after}; extended below
     atomic_write_text(run_dir / "eval.json", json.dumps(
         {"before": None, "after": metrics, "metrics": metrics, "wall_time_s": wall, **details}, indent=2, default=str))
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
+    atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
     return summary

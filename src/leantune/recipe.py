@@ -14,16 +14,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RecipeError
+from .yaml_source import Marks, locate, read_yaml
 
 
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelSection(Section):
-    name: str = Field(description="Packaged name, local Hugging Face folder, run directory or hub id.")
+    name: str = Field(min_length=1, description="Packaged name, local Hugging Face folder, run directory or hub id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     revision: str | None = None
@@ -56,8 +57,8 @@ class AdversarialSection(Section):
 
 
 class TrainSection(Section):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="Overrides epochs when set.")
+    epochs: float = Field(1.0, gt=0, le=1e6)
+    max_steps: int | None = Field(None, gt=0, le=10**9, description="Overrides epochs when set.")
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(2e-4, gt=0)
@@ -66,7 +67,7 @@ class TrainSection(Section):
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(512, gt=8)
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="Seeds Python, NumPy and torch (0 … 2³²−1).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
@@ -87,9 +88,19 @@ class EvalSection(Section):
 
 
 class OutputSection(Section):
-    dir: str = "runs"
-    name: str | None = None
-    overwrite: bool = False
+    dir: str = Field("runs", min_length=1)
+    name: str | None = Field(None, description="The run's folder name inside `dir`: one path component.")
+    overwrite: bool = Field(False, description="Replace an existing run of this name (only a leantune run).")
+
+    @field_validator("name")
+    @classmethod
+    def _single_component(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0") or v != v.strip():
+            raise ValueError("must be a plain folder name (no '/', '\\', '..', '.', surrounding spaces or "
+                             "empty); the run goes to output.dir/name")
+        return v
 
 
 class Recipe(Section):
@@ -124,7 +135,7 @@ class Recipe(Section):
         if self.output.name:
             return self.output.name
         methods = "+".join(m["name"] for m in self.method)
-        model = Path(self.model.name).name.replace("/", "-")
+        model = Path(self.model.name).name.strip(". ") or "model"
         return f"{self.stage['name']}-{methods}-{model}"
 
     def to_yaml(self) -> str:
@@ -143,7 +154,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"override {text!r} has an empty key")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):
         parsed = value
     return path, parsed
 
@@ -194,52 +205,63 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def format_validation_error(err: ValidationError, model_cls: type[BaseModel], source: str) -> str:
-    """Turn pydantic errors into lines naming the field, the problem, and a suggestion."""
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def format_validation_error(err: ValidationError, model_cls: type[BaseModel], source: str,
+                            marks: Marks | None = None) -> str:
+    """Turn pydantic errors into lines naming the field (with ``file:line:column`` where the
+    YAML marks give it), the problem, and a suggestion."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         where = ".".join(str(p) for p in loc)
+        at = locate(marks, loc) if marks else None
+        source_at = f"{source}:{at[0]}:{at[1]}" if at else source
         if e["type"] == "extra_forbidden":
             hint = _suggest(str(loc[-1]), _fields_at(model_cls, loc))
-            lines.append(f"{source}: unknown key '{where}'.{hint}")
+            lines.append(f"{source_at}: unknown key '{where}'.{hint}")
         elif e["type"] == "literal_error":
             allowed = e.get("ctx", {}).get("expected", "")
-            lines.append(f"{source}: {where}: got {e.get('input')!r}, allowed values: {allowed}")
+            lines.append(f"{source_at}: {where}: got {_short(e.get('input'))}, allowed values: {allowed}")
         else:
-            lines.append(f"{source}: {where}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{source_at}: {where}: {e['msg']} (got {_short(e.get('input'))})")
     return "\n".join(lines)
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 raw: dict[str, Any] | None = None) -> Recipe:
-    """Read a recipe file (or a dict), apply overrides, validate every section."""
+    """Read a recipe file (or a dict), apply overrides, validate every section; no torch."""
     source = str(path) if path else "recipe"
+    marks: Marks = {}
     if raw is None:
         if path is None:
             raw = {}
         else:
-            p = Path(path)
-            if not p.is_file():
-                raise RecipeError(f"{p}: recipe file not found")
-            try:
-                raw = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                line = f":{mark.line + 1}" if mark else ""
-                raise RecipeError(f"{p}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+            raw, marks = read_yaml(Path(path))
+            if raw is None:
+                raw = {}
             if not isinstance(raw, dict):
-                raise RecipeError(f"{p}: a recipe is a mapping of sections (model, method, data, …)")
+                raise RecipeError(f"{path}: a recipe is a mapping of sections (model, method, data, …), "
+                                  f"not {type(raw).__name__}")
     raw = dict(raw)
     for text in overrides:
-        apply_override(raw, *parse_override(text))
+        path_keys, value = parse_override(text)
+        apply_override(raw, path_keys, value)
+        marks = {k: v for k, v in marks.items() if k[: len(path_keys)] != tuple(path_keys)}
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(format_validation_error(err, Recipe, source)) from None
+        raise RecipeError(format_validation_error(err, Recipe, source, marks)) from None
     from .methods.registry import validate_method_settings
     from .stages.registry import validate_stage_settings
 
-    recipe.method = validate_method_settings(recipe.method, source)
-    recipe.stage = validate_stage_settings(recipe.stage, source)
+    def section_source(key: str) -> str:
+        at = marks.get((key,))
+        return f"{source}:{at[0]}:{at[1]}" if at else source
+
+    recipe.method = validate_method_settings(recipe.method, section_source("method"))
+    recipe.stage = validate_stage_settings(recipe.stage, section_source("stage"))
     return recipe

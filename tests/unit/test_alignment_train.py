@@ -183,7 +183,7 @@ def test_ppo_resume_after_interrupt_matches_uninterrupted(tiny_model_dir, dialog
     from safetensors.torch import load_file
 
     from leantune.training.checkpoint import list_checkpoints
-    from leantune.training.engine import TrainingInterrupted
+    from leantune.training.interrupt import TrainingInterrupted
 
     def ppo_recipe(name, interrupt):
         reward = tmp_path / f"reward_{name}.py"

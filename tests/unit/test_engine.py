@@ -27,7 +27,8 @@ from leantune.recipe import load_recipe
 from leantune.stages.registry import build_stage
 from leantune.training import checkpoint as checkpoint_mod
 from leantune.training.checkpoint import list_checkpoints
-from leantune.training.engine import Engine, TrainingDiverged, TrainingInterrupted, batch_plan
+from leantune.training.engine import Engine, TrainingDiverged, batch_plan
+from leantune.training.interrupt import TrainingInterrupted
 from leantune.training.losses import _fast_path, causal_lm_loss, unwrap
 
 QA = [
@@ -290,9 +291,11 @@ def test_resume_after_max_steps_matches_uninterrupted(tiny_model_dir, tmp_path, 
     assert np.allclose(losses_a, losses_b, atol=1e-6, rtol=0)
 
 
-def test_resume_after_interrupt_matches_uninterrupted_with_warmup_and_decay(tiny_model_dir, tmp_path):
-    """A run stopped by Ctrl-C mid-way and resumed equals one never stopped, also with
-    a linear schedule with warm-up (the scheduler state is restored)."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_resume_after_interrupt_matches_uninterrupted_with_warmup_and_decay(tiny_model_dir, tmp_path, signum):
+    """A run stopped by Ctrl-C or SIGTERM (what `timeout`, Slurm and Kubernetes send) mid-way
+    and resumed equals one never stopped, also with a linear schedule with warm-up (the
+    scheduler state is restored)."""
     model_dir = tiny_model_dir("llama")
     common = dict(batch_size=2, grad_accum=2, scheduler="linear", warmup_ratio=0.25, lr=5e-3, max_steps=8)
     rec_a = make_recipe(model_dir, tmp_path / "a", **common)
@@ -305,11 +308,12 @@ def test_resume_after_interrupt_matches_uninterrupted_with_warmup_and_decay(tiny
     def interrupting(model, batch):
         calls[0] += 1
         if calls[0] == 2 * 5:  # last micro-batch of step 5
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return causal_lm_loss(model, batch)
 
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name) as exc:
         make_engine(model_dir, rec_b, tmp_path / "b" / "run", interrupting, method="lora").fit()
+    assert exc.value.exit_code == 128 + signum
     eng_b = make_engine(model_dir, rec_b, tmp_path / "b" / "run", method="lora")
     res_b = eng_b.fit(resume=True)
     _assert_same_run(res_a, res_b, eng_a.model, eng_b.model)

@@ -62,7 +62,7 @@ def load_unlabeled(path: str | Path) -> list[dict]:
 def few_shot_data(recipe, stage, base_dir: Path | None, say: Callable[[str], None],
                   load_labelled: Callable) -> tuple[list[dict], list[dict]]:
     """(train, eval) after few-shot sampling; sets ``stage.unlabeled`` (list or None)."""
-    from ..pipeline import resolve_data_path
+    from .paths import resolve_data_path
 
     shots = recipe.data.shots
     if shots == 0 and not recipe.data.train:

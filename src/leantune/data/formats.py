@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from leantune.data.readers import read_rows, type_name
+from leantune.data.readers import read_rows, shown, type_name
 from leantune.errors import DataValidationError, LeantuneError, Problem
 
 Errors = list[tuple[str, str]]
@@ -85,7 +85,7 @@ def _list(obj: dict, key: str, errs: Errors, *, required: bool = True) -> list |
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad syntax, a number too long, nesting too deep
             errs.append((key, "must be a list, got a string that is not a JSON list"))
             return None
     if not isinstance(value, list):
@@ -168,7 +168,7 @@ def _sharegpt(row: dict) -> tuple[dict | None, Errors]:
         if who is None:
             errs.append((f"{at}.from", "missing"))
         elif role is None:
-            errs.append((f"{at}.from", f"from {who!r} is not one of {', '.join(SHAREGPT_ROLES)}"))
+            errs.append((f"{at}.from", f"from {shown(who)} is not one of {', '.join(SHAREGPT_ROLES)}"))
         if role == "system" and system:
             errs.append((f"{at}.from", "system given both as the top-level 'system' field and as a turn"))
             continue
@@ -195,7 +195,7 @@ def _messages(row: dict) -> tuple[dict | None, Errors]:
         if role is None:
             errs.append((f"{at}.role", "missing"))
         elif role not in ROLES:
-            errs.append((f"{at}.role", f"role {role!r} is not one of {', '.join(ROLES)}"))
+            errs.append((f"{at}.role", f"role {shown(role)} is not one of {', '.join(ROLES)}"))
         content = _text(item.get("content"), f"{at}.content", errs)
         messages.append(_msg(role, content))
     roles = [m["role"] for m in messages]
@@ -246,7 +246,7 @@ def _reply(value: object, key: str, errs: Errors) -> str | None:
             errs.append((at, f"must be an object with 'role' and 'content', got {type_name(last)}"))
             return None
         if last.get("role") != "assistant":
-            errs.append((f"{at}.role", f"the reply must be an assistant message, got role {last.get('role')!r}"))
+            errs.append((f"{at}.role", f"the reply must be an assistant message, got role {shown(last.get('role'))}"))
             return None
         return _text(last.get("content"), f"{at}.content", errs)
     if value is not None and not isinstance(value, str):
@@ -353,10 +353,12 @@ def load_examples(
     file = str(path)
     if spec is None:
         detected = detect_format(row for _, row in rows)
+        if detected is None and read_problems:
+            raise DataValidationError(read_problems, hint=f"No readable row of {file} tells its format; "
+                                      f"name one of: {', '.join(FORMATS)}.")
         if detected is None:
-            raise LeantuneError(
-                f"cannot tell the format of {file} from its keys; name one of: {', '.join(FORMATS)}."
-            )
+            what = "from its keys" if rows else "as it has no rows"
+            raise LeantuneError(f"cannot tell the format of {file} {what}; name one of: {', '.join(FORMATS)}.")
         spec = FORMATS[detected]
     examples: list[dict] = []
     problems: list[Problem] = []

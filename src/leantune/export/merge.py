@@ -5,13 +5,15 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_output
 from ..errors import NotMergeable
 from .run_loading import load_run
 
 
-def merge_run(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, list[str]]:
-    """Write the merged model to ``out_dir``; returns the folder and any warnings raised."""
+def merge_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> tuple[Path, list[str]]:
+    """Write the merged model to ``out_dir`` (a new folder, or an existing one with ``force``;
+    never the run itself or a folder holding it); returns the folder and any warnings raised."""
+    check_output(Path(out_dir), force=force, sources=(Path(run_dir),), what="merged model")
     run = load_run(run_dir)
     if not run.method.mergeable:
         raise NotMergeable(f"method '{run.method.name}' cannot be merged into the base weights; "
@@ -20,7 +22,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, list[str]
         warnings.simplefilter("always")
         merged = run.method.merge(run.model)
     merged.requires_grad_(False)
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), force=force, sources=(Path(run_dir),), what="merged model") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)
     notes = [str(w.message) for w in caught if "merg" in str(w.message)]

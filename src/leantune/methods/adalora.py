@@ -18,43 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import AdaLoraConfig, PeftModel, get_peft_model
-from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import MethodError
 from .lora import TASK_TYPES
 from .registry import Method, MethodConfig, register
+from .settings import AdaLoraSettings
 from .targets import resolve_targets
 
 
 @register
 class AdaLoRA(Method):
     name = "adalora"
-    family = "reparameterization"
-    mergeable = True
-    paper = ("Zhang et al. 2023, AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning "
-             "(arXiv:2303.10512)")
-    summary = ("LoRA whose rank budget is reallocated to the most important matrices during training; "
-               "use it when one fixed LoRA rank for every layer is a poor fit.")
-
-    class Config(MethodConfig):
-        init_r: int = Field(12, ge=1, le=1024, description="Starting rank of every targeted matrix.")
-        target_r: int = Field(8, ge=1, le=1024, description="Average rank per matrix after budget allocation.")
-        tinit: int = Field(0, ge=0, description="Warm-up steps before the budget starts shrinking.")
-        tfinal: int = Field(0, ge=0, description="Final steps that fine-tune the fixed, allocated ranks.")
-        deltaT: int = Field(1, ge=1, description="Steps between two budget allocations.")
-        beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the importance (sensitivity) scores.")
-        beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of their uncertainty.")
-        orth_reg_weight: float = Field(0.5, ge=0, le=100, description="Weight of the orthogonality penalty on P, Q.")
-        alpha: float = Field(32, gt=0, description="Scale numerator: the update is multiplied by alpha / r.")
-        dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input of the update.")
-        targets: str | list[str] = Field("auto", description="auto (per-architecture), all-linear, or layer-name patterns.")
-
-        @model_validator(mode="after")
-        def _ranks(self):
-            if self.target_r > self.init_r:
-                raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
-            return self
+    Config = AdaLoraSettings
 
     def __init__(self, config: MethodConfig):
         super().__init__(config)

@@ -11,15 +11,13 @@ not applied.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from .adapter import NonLinearity, bottleneck_size, like_model
+from .adapter import bottleneck_size, like_model
 from .injection import InjectedMethod, activation, adapter_sites, hidden_size, wrap_after
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import AdaMixSettings
 
 
 class MixAdapter(nn.Module):
@@ -51,16 +49,7 @@ class MixAdapter(nn.Module):
 @register
 class AdaMix(InjectedMethod):
     name = "adamix"
-    family = "addition"
-    mergeable = False
-    paper = "Wang et al. 2022, AdaMix: Mixture-of-Adaptations for Parameter-efficient Model Tuning (arXiv:2205.12410)"
-    summary = "Several adapters per layer, randomly routed in training and weight-averaged for inference."
-
-    class Config(MethodConfig):
-        num_experts: int = Field(4, ge=1, le=64, description="M: adapter experts per site.")
-        kind: Literal["houlsby", "pfeiffer"] = Field("houlsby", description="Adapter placement, as for `adapter`.")
-        reduction_factor: float = Field(16, ge=1, le=4096, description="Bottleneck r = hidden size / reduction_factor.")
-        non_linearity: NonLinearity = Field("gelu", description="Activation between the projections.")
+    Config = AdaMixSettings
 
     def inject(self, model: nn.Module, head: str) -> list[nn.Parameter]:
         cfg = self.config

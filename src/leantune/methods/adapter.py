@@ -12,10 +12,7 @@ Not mergeable: the non-linearity between D and U cannot be folded into a weight.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
@@ -27,9 +24,8 @@ from .injection import (
     wrap_after,
     wrap_parallel,
 )
-from .registry import MethodConfig, register
-
-NonLinearity = Literal["relu", "gelu", "silu", "tanh"]
+from .registry import register
+from .settings import AdapterSettings
 
 
 class Bottleneck(nn.Module):
@@ -62,23 +58,9 @@ def like_model(module: nn.Module, model: nn.Module) -> nn.Module:
     return module.to(device=ref.device, dtype=dtype)
 
 
-class AdapterSettings(MethodConfig):
-    kind: Literal["houlsby", "pfeiffer", "parallel"] = Field(
-        "houlsby", description="houlsby: after attention and MLP; pfeiffer: after the MLP; parallel: beside the MLP.")
-    reduction_factor: float = Field(16, ge=1, le=4096, description="Bottleneck width r = hidden size / reduction_factor.")
-    non_linearity: NonLinearity = Field("relu", description="Activation between down- and up-projection.")
-    scaling: float = Field(1.0, gt=0, le=100, description="Multiplier of the adapter output (parallel adapters; He et al. use 4).")
-
-
 @register
 class Adapter(InjectedMethod):
     name = "adapter"
-    family = "addition"
-    mergeable = False
-    paper = ("Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP (arXiv:1902.00751); "
-             "Pfeiffer et al. 2021, AdapterFusion (arXiv:2005.00247); "
-             "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv:2110.04366)")
-    summary = "Bottleneck modules after (houlsby/pfeiffer) or beside (parallel) the sub-layers; starts as identity."
     Config = AdapterSettings
 
     def make(self, dim: int) -> nn.Module:

@@ -12,31 +12,20 @@ no place for them, so a plain Hugging Face folder could not hold the result.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import MethodError, NotMergeable
 from .injection import InjectedMethod, in_out, select_linear
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import BitFitSettings
 from .targets import HEAD_NAMES
 
 
 @register
 class BitFit(InjectedMethod):
     name = "bitfit"
-    architectures = "all; models without biases (Llama, T5) need add_missing_biases: true"
-    family = "specification"
-    mergeable = True
-    paper = "Ben Zaken, Ravfogel & Goldberg 2022, BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked Language-models (arXiv:2106.10199)"
-    summary = "Train only the bias vectors (plus the classification head); tiny, mergeable, strongest on encoders."
-
-    class Config(MethodConfig):
-        add_missing_biases: bool = Field(
-            False, description="Add zero-initialised biases to targeted linear layers that lack one (Llama, T5).")
-        targets: str | list[str] = Field(
-            "auto", description="Layers that get added biases (auto, all-linear or name patterns); only with add_missing_biases.")
-        include_norms: bool = Field(True, description="Also train LayerNorm biases (the paper trains every bias).")
+    Config = BitFitSettings
 
     def inject(self, model: nn.Module, head: str) -> list[nn.Parameter]:
         cfg = self.config

@@ -9,16 +9,14 @@ weights), which Compacter makes rank one, ``B_i = s_i t_iᵀ``. The up-projectio
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
-from .adapter import NonLinearity, bottleneck_size, like_model
+from .adapter import bottleneck_size, like_model
 from .injection import InjectedMethod, activation, adapter_sites, hidden_size, wrap_after, wrap_parallel
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import CompacterSettings
 
 
 class SharedA(nn.Module):
@@ -72,19 +70,7 @@ class PHMAdapter(nn.Module):
 @register
 class Compacter(InjectedMethod):
     name = "compacter"
-    family = "addition"
-    mergeable = False
-    paper = "Mahabadi, Henderson & Ruder 2021, Compacter: Efficient Low-Rank Hypercomplex Adapter Layers (arXiv:2106.04647)"
-    summary = "Adapters with Kronecker-factored (PHM) weights and shared slow matrices: adapter quality at a fraction of the parameters."
-
-    class Config(MethodConfig):
-        kind: Literal["houlsby", "pfeiffer", "parallel"] = Field("pfeiffer", description="Adapter placement, as for `adapter`.")
-        reduction_factor: float = Field(4, ge=1, le=4096, description="Bottleneck r = hidden size / reduction_factor.")
-        phm_dim: int = Field(4, ge=1, le=64, description="n: number of Kronecker summands; must divide hidden size and r.")
-        rank_one: bool = Field(True, description="B_i = s_i t_iᵀ (Compacter); false: full B_i (PHM-Adapter).")
-        shared_phm: bool = Field(True, description="Share the A_i across all adapter layers (Compacter); false: one set per layer.")
-        non_linearity: NonLinearity = Field("gelu", description="Activation between the projections.")
-        scaling: float = Field(1.0, gt=0, le=100, description="Output multiplier (parallel placement).")
+    Config = CompacterSettings
 
     def inject(self, model: nn.Module, head: str) -> list[nn.Parameter]:
         cfg = self.config

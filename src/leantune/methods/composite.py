@@ -17,8 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import NotMergeable, RecipeError
+from ..errors import NotMergeable
 from .registry import Method, MethodConfig, wraps_model
+from .settings import HE_2022, check_combination
 
 MANIFEST = "composite.json"
 
@@ -26,25 +27,17 @@ MANIFEST = "composite.json"
 class Composite(Method):
     name = "composite"
     family = "hybrid"
-    paper = "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv:2110.04366)"
+    paper = HE_2022
     summary = "Several methods on one model, each saving its own part."
     wraps_model = None
     Config = MethodConfig
 
     def __init__(self, members: list[Method], source: str = "recipe"):
         super().__init__(MethodConfig())
-        if len(members) < 2:
-            raise RecipeError(f"{source}: a composition needs at least two methods")
+        check_combination([(m.name, wraps_model(m)) for m in members], source)  # at most one PEFT-based, …
         self.members = members
         peft = [m for m in members if wraps_model(m)]
-        if len(peft) > 1:
-            raise RecipeError(
-                f"{source}: methods {', '.join(m.name for m in peft)} are all PEFT-based; leantune composes at most "
-                f"one PEFT method (each wraps the whole model in its own PeftModel) with any number of its own "
-                f"methods (adapter, compacter, bitfit, …). Use one of them, or express the rest with leantune's own")
         names = [m.name for m in members]
-        if len(set(names)) != len(names):
-            raise RecipeError(f"{source}: method {sorted({n for n in names if names.count(n) > 1})} listed twice")
         self.peft = peft[0] if peft else None
         self.mergeable = all(type(m).mergeable for m in members if not getattr(m, "modifier", False))
         for m in members:

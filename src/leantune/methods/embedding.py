@@ -12,12 +12,12 @@ T5) full embedding tuning trains the tied head too; ``new_tokens_only`` does not
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import MethodError
 from .injection import InjectedMethod, attach, detach
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import EmbeddingSettings
 
 
 class NewRows(nn.Module):
@@ -41,20 +41,7 @@ NEW_ROWS_CHILD = "leantune_new_rows"
 @register
 class EmbeddingTuning(InjectedMethod):
     name = "embedding"
-    family = "specification"
-    mergeable = True
-    paper = "Embedding-only tuning as in vocabulary extension; cf. Lester et al. 2021 (arXiv:2104.08691) for the soft-prompt variant"
-    summary = "Train only the input embeddings, or only the rows of newly added tokens."
-
-    class Config(MethodConfig):
-        new_tokens_only: bool = Field(False, description="Train only the rows of ids ≥ first_new_token.")
-        first_new_token: int | None = Field(None, ge=0, description="Id of the first added token (needed with new_tokens_only).")
-
-        @model_validator(mode="after")
-        def _needs_first(self):
-            if self.new_tokens_only and self.first_new_token is None:
-                raise ValueError("new_tokens_only needs first_new_token (the id of the first added token)")
-            return self
+    Config = EmbeddingSettings
 
     def inject(self, model: nn.Module, head: str) -> list[nn.Parameter]:
         emb = model.get_input_embeddings()

@@ -6,27 +6,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
 from .delta import load_delta, save_delta
-from .registry import Method, MethodConfig, ensure_not_empty, register
+from .registry import Method, ensure_not_empty, register
+from .settings import FreezeSettings
 from .targets import HEAD_NAMES, layer_index
 
 
 @register
 class Freeze(Method):
     name = "freeze"
-    family = "specification"
-    mergeable = True
-    paper = "Lee, Tang & Lin 2019, What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning (arXiv:1911.03090)"
-    summary = "Train only the last N transformer blocks (and/or name patterns); the rest stays frozen."
-
-    class Config(MethodConfig):
-        last_n_layers: int | None = Field(2, ge=0, description="Train the last N transformer blocks.")
-        patterns: list[str] = Field(default_factory=list, description="Regexes; matching parameter names also train.")
-        train_head: bool = Field(True, description="Also train the output head (lm_head / classifier).")
+    Config = FreezeSettings
 
     def apply(self, model: nn.Module, head: str) -> nn.Module:
         cfg = self.config

@@ -6,19 +6,14 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
-from .registry import Method, MethodConfig, register
+from .registry import Method, register
+from .settings import FullSettings
 
 
 @register
 class Full(Method):
     name = "full"
-    family = "specification"
-    mergeable = True
-    paper = "Howard & Ruder 2018, Universal Language Model Fine-tuning (arXiv:1801.06146)"
-    summary = "Train every weight. Best with ample data and memory; the reference the others are measured against."
-
-    class Config(MethodConfig):
-        pass
+    Config = FullSettings
 
     def apply(self, model: nn.Module, head: str) -> nn.Module:
         model.requires_grad_(True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import IA3Config, PeftModel, get_peft_model
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
 from .lora import TASK_TYPES
-from .registry import Method, MethodConfig, register
+from .registry import Method, register
+from .settings import IA3Settings
 from .targets import resolve_targets
 
 # Per architecture: (targets, feed-forward targets) — keys, values, and the MLP's second
@@ -35,20 +35,7 @@ IA3_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
 @register
 class IA3(Method):
     name = "ia3"
-    family = "addition"
-    mergeable = True
-    paper = ("Liu et al. 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than "
-             "In-Context Learning (arXiv:2205.05638)")
-    summary = ("Learned rescaling of keys, values and FFN activations: ~10x fewer parameters than LoRA, "
-               "strong in few-shot settings, merges exactly.")
-
-    class Config(MethodConfig):
-        targets: str | list[str] = Field(
-            "auto", description="auto (keys, values, MLP down projection per architecture), all-linear, "
-                                "or layer-name patterns.")
-        feedforward: str | list[str] = Field(
-            "auto", description="Which targets rescale their input (the MLP's second layer): auto, or patterns "
-                                "that must select a subset of the targets.")
+    Config = IA3Settings
 
     def peft_config(self, model: nn.Module, head: str) -> IA3Config:
         cfg = self.config

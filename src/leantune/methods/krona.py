@@ -20,39 +20,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import LoKrConfig, PeftModel, get_peft_model
-from pydantic import Field, field_validator
 from torch import nn
 
 from ..errors import MethodError
 from .lora import TASK_TYPES
-from .registry import Method, MethodConfig, register
+from .registry import Method, register
+from .settings import KronASettings
 from .targets import resolve_targets
 
 
 @register
 class KronA(Method):
     name = "krona"
-    architectures = "nn.Linear models (Llama, Qwen2, BERT, T5); not GPT-2 Conv1D"
-    family = "reparameterization"
-    mergeable = True
-    paper = "Edalati et al. 2022, KronA: Parameter Efficient Tuning with Kronecker Adapter (arXiv:2212.10650)"
-    summary = ("Kronecker-product update A ⊗ B that merges exactly: full-rank updates for as few parameters "
-               "as a low-rank LoRA, for tasks where LoRA's rank limits quality.")
-
-    class Config(MethodConfig):
-        targets: str | list[str] = Field("auto", description="auto (per-architecture), all-linear, or layer-name patterns.")
-        factor: int = Field(
-            -1, ge=-1, le=4096,
-            description="Rows and columns of A (a1 = a2 = factor; it must divide every targeted dimension), "
-                        "or -1 for the near-square split of each dimension.")
-        scale: float = Field(1.0, gt=0, le=1000, description="s in ΔW = s · (A ⊗ B).")
-
-        @field_validator("factor")
-        @classmethod
-        def _factor(cls, v: int) -> int:
-            if v in (0, 1):
-                raise ValueError("factor must be -1 (near-square) or at least 2 (1 would make B the full matrix)")
-            return v
+    Config = KronASettings
 
     def peft_config(self, model: nn.Module, head: str) -> LoKrConfig:
         cfg = self.config

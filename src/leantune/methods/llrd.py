@@ -16,26 +16,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
 from torch import nn
 
 from ..training.optim import layerwise_param_groups
 from .full import Full
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import LLRDSettings
 
 
 @register
 class LayerwiseLRDecay(Full):
     name = "llrd"
-    family = "specification"
-    mergeable = True
-    wraps_model = False
     modifier = True  # in a Composite: only shapes the optimizer, trains nothing of its own
-    paper = "Howard & Ruder 2018, Universal Language Model Fine-tuning for Text Classification (arXiv:1801.06146)"
-    summary = "Layer-wise lr decay lr·decay^(L−i); alone = full fine-tuning with LLRD, or composed with another method."
-
-    class Config(MethodConfig):
-        decay: float = Field(0.9, gt=0, le=1, description="Per-layer factor: depth i gets lr·decay^(L−i).")
+    Config = LLRDSettings
 
     def __init__(self, config):
         super().__init__(config)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from peft import LNTuningConfig, PeftModel, get_peft_model
 from peft.utils import ModulesToSaveWrapper
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
 from .lora import TASK_TYPES
-from .registry import Method, MethodConfig, register
+from .registry import Method, register
+from .settings import LNTuningSettings
 from .targets import _in_head, _matches
 
 
@@ -52,16 +52,7 @@ def resolve_norm_targets(model: nn.Module, targets: str | list[str], method: str
 @register
 class LNTuning(Method):
     name = "ln_tuning"
-    family = "specification"
-    mergeable = True
-    paper = ("Zhao et al. 2023, Tuning LayerNorm in Attention: Towards Efficient Multi-Modal LLM Finetuning "
-             "(arXiv:2312.11420)")
-    summary = ("Train only the LayerNorm/RMSNorm gains and biases: a tiny, cheap baseline that is "
-               "surprisingly strong for domain or modality shifts.")
-
-    class Config(MethodConfig):
-        targets: str | list[str] = Field(
-            "auto", description="auto (every norm layer outside the head) or norm-layer name patterns.")
+    Config = LNTuningSettings
 
     def apply(self, model: nn.Module, head: str) -> nn.Module:
         targets = resolve_norm_targets(model, self.config.targets, self.name)

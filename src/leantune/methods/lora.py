@@ -10,23 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from pydantic import Field
 from torch import nn
 
-from .registry import Method, MethodConfig, register
+from .registry import Method, register
+from .settings import LoraSettings
 from .targets import resolve_targets
 
 TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS, "seq2seq": TaskType.SEQ_2_SEQ_LM}
-
-
-class LoraSettings(MethodConfig):
-    r: int = Field(8, gt=0, le=1024, description="Rank of the update.")
-    alpha: float = Field(16, gt=0, description="Scale numerator: the update is multiplied by alpha/r (alpha/√r with rslora).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    targets: str | list[str] = Field("auto", description="auto (per-architecture), all-linear, or layer-name patterns.")
-    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    rslora: bool = Field(False, description="Rank-stabilised scaling alpha/√r.")
-    bias: str = Field("none", pattern="^(none|all|lora_only)$")
 
 
 def peft_lora_config(cfg: LoraSettings, model: nn.Module, head: str, method: str) -> LoraConfig:
@@ -47,10 +37,6 @@ def peft_lora_config(cfg: LoraSettings, model: nn.Module, head: str, method: str
 @register
 class LoRA(Method):
     name = "lora"
-    family = "reparameterization"
-    mergeable = True
-    paper = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models (arXiv:2106.09685)"
-    summary = "Low-rank update B·A beside frozen linear layers; the default choice for most tasks."
     Config = LoraSettings
 
     def apply(self, model: nn.Module, head: str) -> nn.Module:

@@ -17,13 +17,13 @@ encoder-only models (causal_lm, masked_lm, seq_cls); not for encoder-decoder.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
-from .adapter import NonLinearity, bottleneck_size, like_model
+from .adapter import bottleneck_size, like_model
 from .injection import InjectedMethod, activation, attach, hidden_size
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import LSTSettings
 
 
 class SideBlock(nn.Module):
@@ -101,16 +101,7 @@ def backbone_name(model: nn.Module) -> str:
 @register
 class LadderSideTuning(InjectedMethod):
     name = "lst"
-    architectures = "decoder-only and encoder-only; not encoder-decoder (T5)"
-    family = "addition"
-    mergeable = False
-    paper = "Sung, Cho & Bansal 2022, LST: Ladder Side-Tuning for Parameter and Memory Efficient Transfer Learning (arXiv:2206.06522)"
-    summary = "A small side network reads the frozen backbone's states; no backprop through the backbone, least activation memory."
-
-    class Config(MethodConfig):
-        reduction_factor: float = Field(8, ge=1, le=4096, description="Side width d_s = hidden size / reduction_factor.")
-        non_linearity: NonLinearity = Field("gelu", description="Activation inside the side blocks.")
-        gate_temperature: float = Field(0.1, gt=0, le=10, description="T in the ladder gates μ = σ(α/T).")
+    Config = LSTSettings
 
     def inject(self, model: nn.Module, head: str) -> list[nn.Parameter]:
         if getattr(model.config, "is_encoder_decoder", False) or head not in ("causal_lm", "masked_lm", "seq_cls"):

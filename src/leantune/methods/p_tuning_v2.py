@@ -22,22 +22,15 @@ from torch import nn
 from ..errors import MethodError
 from .lora import TASK_TYPES
 from .prefix_tuning import check_prefix_support
-from .prompt_tuning import PromptLearning, TextInit, model_tokenizer
+from .prompt_tuning import PromptLearning, model_tokenizer
 from .registry import register
+from .settings import PTuningV2Settings
 
 
 @register
 class PTuningV2(PromptLearning):
     name = "p_tuning_v2"
-    architectures = "causal LM, seq2seq, classification; not masked LM"
-    paper = ("Liu et al. 2022, P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning Universally "
-             "Across Scales and Tasks (arXiv:2110.07602)")
-    summary = ("Deep prompts in every layer without an MLP; the prompt method for NLU "
-               "(classification with a task head), close to fine-tuning even on small models.")
-
-    class Config(TextInit):
-        """init: text starts the prompts at the frozen model's keys and values for init_text
-        (causal LMs; recommended for generation)."""
+    Config = PTuningV2Settings
 
     def peft_config(self, model: nn.Module, head: str) -> PeftConfig:
         check_prefix_support(model, self.name)

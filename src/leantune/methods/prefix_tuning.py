@@ -9,13 +9,13 @@ saved adapter holds the MLP weights, and generation runs through the same cache 
 from __future__ import annotations
 
 from peft import PeftConfig, PrefixTuningConfig
-from pydantic import Field
 from torch import nn
 
 from ..errors import MethodError
 from .lora import TASK_TYPES
-from .prompt_tuning import PromptCount, PromptLearning, backbone_takes_cache
+from .prompt_tuning import PromptLearning, backbone_takes_cache
 from .registry import register
+from .settings import PrefixTuningSettings
 
 
 def check_prefix_support(model: nn.Module, method: str) -> None:
@@ -30,14 +30,7 @@ def check_prefix_support(model: nn.Module, method: str) -> None:
 @register
 class PrefixTuning(PromptLearning):
     name = "prefix_tuning"
-    architectures = "causal LM, seq2seq, classification; not masked LM"
-    paper = "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv:2101.00190)"
-    summary = ("Trainable key/value prefixes in every layer through a small MLP; for generation "
-               "(table-to-text, summarisation) with a frozen LM and ~0.1% of its parameters.")
-
-    class Config(PromptCount):
-        encoder_hidden_size: int = Field(
-            512, ge=1, le=65536, description="Hidden size h of the reparameterisation MLP (d → h → 2·layers·d).")
+    Config = PrefixTuningSettings
 
     def peft_config(self, model: nn.Module, head: str) -> PeftConfig:
         check_prefix_support(model, self.name)

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Literal
-
 from peft import PeftConfig, PeftModel, PromptTuningConfig, PromptTuningInit, get_peft_model
-from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import MethodError
 from .lora import TASK_TYPES
-from .registry import Method, MethodConfig, register
+from .registry import Method, register
+from .settings import PromptTuningSettings
 
 # Heads PEFT's prompt learning serves: the virtual tokens are prepended (prompt tuning,
 # P-tuning) or live in the attention cache (prefix tuning), and PEFT pads the labels
@@ -77,26 +75,6 @@ class PromptLearning(Method):
         return model
 
 
-class PromptCount(MethodConfig):
-    num_virtual_tokens: int = Field(20, ge=1, le=1024, description="Number of virtual tokens (prompt length n).")
-
-
-class TextInit(PromptCount):
-    init: Literal["random", "text"] = Field(
-        "random", description="Start the prompt at random, or from init_text (see the method).")
-    init_text: str | None = Field(
-        None, min_length=1,
-        description="Text that initialises the prompt (init: text); repeated or cut to n tokens.")
-
-    @model_validator(mode="after")
-    def _text_given(self):
-        if self.init == "text" and not self.init_text:
-            raise ValueError("init: text needs init_text (e.g. a short description of the task)")
-        if self.init == "random" and self.init_text:
-            raise ValueError("init_text is only used with init: text")
-        return self
-
-
 def model_tokenizer(model: nn.Module, method: str):
     """(path, tokenizer) of the folder the model was loaded from, for text initialisations."""
     source = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
@@ -114,14 +92,7 @@ def model_tokenizer(model: nn.Module, method: str):
 @register
 class PromptTuning(PromptLearning):
     name = "prompt_tuning"
-    architectures = "causal LM, seq2seq, classification; not masked LM"
-    paper = ("Lester, Al-Rfou & Constant 2021, The Power of Scale for Parameter-Efficient Prompt Tuning "
-             "(arXiv:2104.08691)")
-    summary = ("Learn only n soft-prompt embeddings before the input; the fewest parameters of all, "
-               "competitive once the model has billions of parameters.")
-
-    class Config(TextInit):
-        """init: text starts the prompt at the token embeddings of init_text."""
+    Config = PromptTuningSettings
 
     def peft_config(self, model: nn.Module, head: str) -> PeftConfig:
         cfg = self.config

@@ -7,15 +7,15 @@ in the compute dtype. Paged/8-bit optimizers are chosen with ``train.optimizer``
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 from transformers import BitsAndBytesConfig
 
-from .lora import LoRA, LoraSettings
+from .lora import LoRA
 from .registry import register
+from .settings import QLoraSettings
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -29,15 +29,7 @@ def default_compute_dtype() -> str:
 @register
 class QLoRA(LoRA):
     name = "qlora"
-    family = "reparameterization"
-    mergeable = True
-    paper = "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs (arXiv:2305.14314)"
-    summary = "LoRA over a 4-bit NF4 base: the least memory for a given model; merge goes into de-quantized weights."
-
-    class Config(LoraSettings):
-        quant_type: Literal["nf4", "fp4"] = "nf4"
-        double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
-        compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    Config = QLoraSettings
 
     def load_kwargs(self) -> dict[str, Any]:
         cfg = self.config

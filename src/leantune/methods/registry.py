@@ -6,33 +6,26 @@ back into plain weights.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ..errors import MethodError, NotMergeable, RecipeError
-
-Family = Literal["specification", "addition", "reparameterization", "hybrid"]
-
-
-class MethodConfig(BaseModel):
-    """Settings of one method; unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from ..errors import MethodError, NotMergeable
+from .settings import ALL_ARCHITECTURES, METHOD_INFO, Family, MethodConfig, method_info, parse_method
+from .settings import validate_method_settings  # noqa: F401  (re-exported: torch-free in .settings)
 
 
 class Method:
-    """One delta-tuning method. Subclasses set the class attributes and ``Config``."""
+    """One delta-tuning method. Subclasses set ``name`` and ``Config`` (its settings class in
+    ``settings.py``); ``register`` gives them the rest of the class attributes."""
 
     name: ClassVar[str]
     family: ClassVar[Family]
     mergeable: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    architectures: ClassVar[str] = "all (Llama, Qwen2, GPT-2, BERT, T5)"
+    architectures: ClassVar[str] = ALL_ARCHITECTURES
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # True: ``apply`` returns a PEFT wrapper around the model; None: not declared (guessed, see wraps_model())
     wraps_model: ClassVar[bool | None] = None
@@ -79,6 +72,11 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Record ``cls`` under its name, described as ``settings.METHOD_INFO`` describes that name
+    (family, mergeable, summary, paper, architectures, and whether it wraps the model)."""
+    info = METHOD_INFO[cls.name]
+    cls.family, cls.mergeable, cls.summary, cls.paper = info.family, info.mergeable, info.summary, info.paper
+    cls.architectures, cls.wraps_model = info.architectures, info.peft
     METHODS[cls.name] = cls
     return cls
 
@@ -93,11 +91,8 @@ def _load_builtin_methods() -> None:
 
 
 def get_method_class(name: str) -> type[Method]:
+    method_info(name)  # an unknown name: an error naming the closest one, before anything is imported
     _load_builtin_methods()
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(f"unknown method {name!r}.{hint} Available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
@@ -112,28 +107,8 @@ def build_method(spec: dict[str, Any] | list[dict[str, Any]], source: str = "rec
         from .composite import Composite
 
         return Composite([build_method(s, source) for s in spec], source)
-    settings = dict(spec)
-    name = settings.pop("name", None)
-    if not name:
-        raise RecipeError(f"{source}: method entry {spec!r} has no 'name'")
-    cls = get_method_class(name)
-    try:
-        return cls(cls.Config.model_validate(settings))
-    except ValidationError as err:
-        from ..recipe import format_validation_error
-
-        raise RecipeError(format_validation_error(err, cls.Config, f"{source}: method {name}")) from None
-
-
-def validate_method_settings(specs: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
-    """Validate every method entry and return them with defaults filled in."""
-    out = []
-    for spec in specs:
-        method = build_method(spec, source)
-        out.append({"name": method.name, **method.config.model_dump(mode="json")})
-    if len(out) > 1:
-        build_method(out, source)  # checks the combination (e.g. at most one PEFT-based method)
-    return out
+    name, config = parse_method(spec, source)
+    return get_method_class(name)(config)
 
 
 def wraps_model(method: Method) -> bool:
@@ -142,10 +117,15 @@ def wraps_model(method: Method) -> bool:
     declared = type(method).wraps_model
     if declared is not None:
         return declared
+    return imports_peft_wrapper(type(method))
+
+
+def imports_peft_wrapper(cls: type[Method]) -> bool:
+    """Whether the module of ``cls`` or of a base class imports PEFT's model-wrapping API."""
     import sys
 
-    for cls in type(method).__mro__:
-        module = sys.modules.get(cls.__module__)
+    for base in cls.__mro__:
+        module = sys.modules.get(base.__module__)
         if module is not None and any(getattr(v, "__module__", "").startswith("peft")
                                       and getattr(v, "__name__", "") in ("get_peft_model", "PeftModel")
                                       for v in vars(module).values()):

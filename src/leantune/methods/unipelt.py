@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from .adapter import Bottleneck, NonLinearity, bottleneck_size, like_model
+from .adapter import Bottleneck, bottleneck_size, like_model
 from .injection import InjectedMethod, add_after, attach, find_modules, hidden_size, in_out, select_linear
 from .kv_prefix import add_prefixes
-from .registry import MethodConfig, register
+from .registry import register
+from .settings import UniPELTSettings
 
 LORA_CHILD = "leantune_lora"
 
@@ -68,19 +68,8 @@ class GatedAdapter(nn.Module):
 @register
 class UniPELT(InjectedMethod):
     name = "unipelt"
-    family = "hybrid"
-    mergeable = False
     starts_as_identity = False
-    paper = "Mao et al. 2022, UniPELT: A Unified Framework for Parameter-Efficient Language Model Tuning (arXiv:2110.07577)"
-    summary = "LoRA + prefix + adapter, each behind a learned gate that picks what helps per input."
-
-    class Config(MethodConfig):
-        lora_r: int = Field(8, ge=1, le=1024, description="Rank of the gated LoRA update.")
-        lora_alpha: float = Field(16, gt=0, description="LoRA scale numerator (update × alpha / r).")
-        lora_targets: str | list[str] = Field("qv", description="qv (query and value, as in the paper), auto, all-linear or patterns.")
-        prefix_length: int = Field(10, ge=0, le=1024, description="P: gated prefix vectors per attention layer (0: no prefix).")
-        reduction_factor: float = Field(16, ge=1, le=4096, description="Adapter bottleneck r = hidden / reduction_factor.")
-        non_linearity: NonLinearity = Field("relu", description="Activation inside the adapter.")
+    Config = UniPELTSettings
 
     def inject(self, model: nn.Module, head: str) -> list[nn.Parameter]:
         cfg = self.config

@@ -22,6 +22,7 @@ from transformers import (
 from ..errors import ModelSourceError
 from .catalog import PACKAGED, cache_dir, leantune_home
 from .gguf_cache import convert_gguf
+from .safety import check_model_folder
 
 HEAD_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
@@ -96,6 +97,7 @@ def load_config(path: Path, trust_remote_code: bool = False):
     """The model config of a Hugging Face folder, or of a run directory's base model."""
     if is_run_dir(path):
         return load_config(Path(_run_meta(path)["model_path"]), trust_remote_code)
+    check_model_folder(path, trust_remote_code)
     return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
@@ -179,6 +181,7 @@ def load_model(
         raise ModelSourceError(f"unknown head {head!r}; one of {', '.join(HEAD_CLASSES)}")
     if is_run_dir(path):
         return _load_run_merged(Path(path), head, dtype, trust_remote_code, extra, labels, pad_token_id)
+    check_model_folder(path, trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     kwargs.update(extra or {})
     if labels is not None:

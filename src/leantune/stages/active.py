@@ -19,16 +19,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field
-
 from ..data.fewshot import sample_shots
 from ..errors import RecipeError
 from ..semisup import rounds as R
 from ..semisup.acquisition import query
 from ..semisup.reptile import trainable_state
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import ActiveSettings
 
 CSV_FIELDS = ["text", "text_pair", "label", "round"]
 
@@ -53,17 +50,7 @@ class Active(R.RoundClassifier, Stage):
     name = "active"
     summary = "Pool-based active learning (entropy, margin, least confidence, random); accuracy vs labels used."
 
-    class Config(StageConfig):
-        labels: list[str] | None = Field(None, description="Label order; default: sorted labels of the training data.")
-        strategy: Literal["entropy", "margin", "least_confidence", "random"] = "entropy"
-        initial: int = Field(2, ge=1, description="oracle labels: initial labelled examples per class.")
-        batch: int = Field(8, ge=1, description="Examples queried per round.")
-        rounds: int = Field(3, ge=1, description="oracle labels: query rounds.")
-        oracle: Literal["labels", "csv"] = Field("labels", description="labels: simulate with the held-out "
-                                                 "labels; csv: ask a person through label_file.")
-        label_file: str | None = Field(None, description="oracle csv: the CSV to fill in; default "
-                                       "<output.dir>/<run name>-to_label.csv (outside the run, kept across runs).")
-        reset: bool = Field(True, description="Retrain each round from the initial weights.")
+    Config = ActiveSettings
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
         cfg = self.config

@@ -2,14 +2,13 @@
 macro-F1 (Devlin et al. 2019, BERT, arXiv:1810.04805, §4.1)."""
 from __future__ import annotations
 
-from pydantic import Field
-
 from ..data.collate import pad_batch
 from ..data.tokenize import tokenize_classification
 from ..errors import DataValidationError, Problem
 from ..evaluation.classification import classification_metrics, predict
 from ..training.losses import model_loss
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import ClassificationSettings
 
 
 @register
@@ -18,8 +17,7 @@ class Classification(Stage):
     summary = "Sequence classification (text or text pairs → label); accuracy and macro-F1."
     data_kinds = ("classification",)
 
-    class Config(StageConfig):
-        labels: list[str] | None = Field(None, description="Label order; default: sorted labels of the training data.")
+    Config = ClassificationSettings
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         return "seq_cls"

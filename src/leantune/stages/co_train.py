@@ -11,15 +11,14 @@ import copy
 import warnings
 from pathlib import Path
 
-from pydantic import Field
-
 from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
 from ..semisup import rounds as R
 from ..semisup.pseudo_label import pseudo_label_precision, select
 from ..semisup.reptile import trainable_state
 from .registry import PreparedData, Stage, register
-from .self_train import RoundSettings, pool_gold
+from .self_train import pool_gold
+from .settings import CoTrainSettings
 
 VIEWS = ("head", "tail")
 
@@ -29,8 +28,7 @@ class CoTrain(R.RoundClassifier, Stage):
     name = "co_train"
     summary = "Co-training: two models on head/tail views of the text label confident pool examples for each other."
 
-    class Config(RoundSettings):
-        per_class: int | None = Field(2, ge=1, description="Per round, each view labels its N most confident per class.")
+    Config = CoTrainSettings
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
         if not self.unlabeled:

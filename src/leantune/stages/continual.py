@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ..data.collate import pad_batch
 from ..data.tokenize import tokenize_classification
@@ -35,8 +32,9 @@ from ..training.modes import evaluating
 from ..transfer.features import cross_entropy, masked_logits
 from ..transfer.fisher import EWC, diagonal_fisher
 from ..transfer.replay import ReservoirBuffer, mix_with_replay
-from ..transfer.tasks import TaskSpec, load_tasks, task_names
-from .registry import PreparedData, Stage, StageConfig, register
+from ..transfer.tasks import load_tasks, task_names
+from .registry import PreparedData, Stage, register
+from .settings import ContinualSettings
 
 TASK_ADAPTERS = "task_adapters.json"
 
@@ -62,16 +60,7 @@ class Continual(Stage):
     data_kinds = ("classification",)
     custom_loop = True
 
-    class Config(StageConfig):
-        tasks: list[TaskSpec] = Field(description="The tasks in training order: [{data, eval, name}, …].")
-        strategy: Literal["naive", "ewc", "replay", "adapters"] = "naive"
-        ewc_lambda: float = Field(1000.0, ge=0, description="λ of the EWC penalty.")
-        fisher: Literal["empirical", "sampled"] = Field(
-            "empirical", description="Gradient of the gold label's log-prob, or of a label sampled from the model.")
-        fisher_samples: int = Field(256, gt=0, description="Examples of a task used for its Fisher estimate.")
-        buffer_size: int = Field(200, ge=1, description="replay: examples kept (reservoir sampling).")
-        replay_ratio: float = Field(0.2, ge=0, lt=1, description="replay: share of replayed examples in a task's mix.")
-        task_incremental: bool = Field(True, description="Restrict each example's logits to its task's labels.")
+    Config = ContinualSettings
 
     def load_data(self, recipe, base_dir, say):
         trains, evals, _ = load_tasks(self.config.tasks, self.data_kinds, self.name, recipe, base_dir, say)

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ..data.collate import pad_batch
 from ..errors import RecipeError
 from ..semisup.contrastive import encode, info_nce, knn_accuracy, recall_at_1, simcse_loss, supcon_loss, uniformity
 from ..training.modes import evaluating
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import ContrastiveSettings
 
 
 @register
@@ -34,12 +32,7 @@ class Contrastive(Stage):
     summary = "Contrastive embeddings: SimCSE (text), supervised contrastive (labels), InfoNCE (pairs); recall@1, kNN."
     data_kinds = ("text", "classification", "chat")
 
-    class Config(StageConfig):
-        objective: Literal["auto", "simcse", "supcon", "pairs"] = Field(
-            "auto", description="auto: simcse for text, pairs for chat or text_pair rows, supcon for labels.")
-        temperature: float = Field(0.05, gt=0, description="τ of the softmax over cosine similarities.")
-        knn_k: int = Field(1, ge=1, description="Neighbours of the kNN evaluation (supcon).")
-        export: bool = Field(True, description="Write mean-pooled embeddings (safetensors) to the run.")
+    Config = ContrastiveSettings
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         if is_encoder_decoder:

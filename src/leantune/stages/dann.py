@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from safetensors.torch import save_file
 
 from ..data.collate import pad_batch
@@ -26,7 +25,8 @@ from ..models.loading import load_config, resolve_model_path
 from ..training.engine import count_total_steps
 from ..transfer.features import is_encoder, pool_hidden, pooled_features
 from ..transfer.grl import DomainClassifier, dann_lambda
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import DANNSettings
 
 DOMAIN_FILE = "domain_classifier.safetensors"
 
@@ -37,15 +37,7 @@ class DANN(Stage):
     summary = "Domain-adversarial training: labelled source + unlabelled target text, gradient reversal."
     data_kinds = ("classification",)
 
-    class Config(StageConfig):
-        domain_weight: float = Field(1.0, ge=0, description="μ: weight of the domain-classification loss; "
-                                     "0 = no adaptation (target texts not encoded).")
-        gamma: float = Field(10.0, gt=0, description="γ of the λ schedule 2/(1+exp(−γp))−1.")
-        lambda_max: float = Field(1.0, ge=0, description="Scale of the schedule (λ_p · lambda_max).")
-        schedule: bool = Field(True, description="False: constant λ = lambda_max.")
-        hidden: int = Field(256, gt=0, description="Width of the domain classifier's hidden layer.")
-        target_eval: str | None = Field(None, description="Labelled target-domain file for target_accuracy.")
-        labels: list[str] | None = None
+    Config = DANNSettings
 
     def load_data(self, recipe, base_dir, say):
         from ..pipeline import default_load_data
@@ -59,7 +51,7 @@ class DANN(Stage):
         return "seq_cls"
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
-        from ..pipeline import resolve_data_path
+        from ..data.paths import resolve_data_path
 
         cfg = self.config
         if not self.unlabeled:

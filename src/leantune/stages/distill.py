@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ..data.collate import pad_batch
 from ..data.templates import resolve_template
@@ -31,7 +28,8 @@ from ..training.modes import evaluating
 from ..transfer.distillation import (cache_key, kd_classification_loss, load_classification_cache, load_lm_cache,
                                      save_classification_cache, save_lm_cache, topk_token_kl)
 from ..transfer.features import response_logits
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import DistillSettings
 
 
 @register
@@ -40,15 +38,7 @@ class Distill(Stage):
     summary = "Knowledge distillation from a teacher: soft labels (classification) or token-level KL (causal LM)."
     data_kinds = ("classification", "chat")
 
-    class Config(StageConfig):
-        teacher: str = Field(description="Teacher: packaged name, model folder or leantune run directory.")
-        temperature: float = Field(2.0, gt=0, description="T of the softened distributions (Hinton et al.).")
-        alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; 1 − α on the gold-label CE.")
-        direction: Literal["forward", "reverse"] = Field("forward", description="LM: KL(p_T‖p_S) or KL(p_S‖p_T).")
-        top_k: int = Field(32, ge=1, le=4096, description="LM: teacher logits kept per response token.")
-        labels: list[str] | None = Field(None, description="Classification label order; default: sorted labels.")
-        cache_dir: str | None = Field(None, description="Teacher-logit cache; default <output.dir>/.teacher-cache.")
-        teacher_batch_size: int = Field(16, gt=0)
+    Config = DistillSettings
 
     def load_data(self, recipe, base_dir, say):
         """The default loading; the data's kind (classification or chat) picks the head."""

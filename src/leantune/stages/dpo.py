@@ -4,20 +4,15 @@ takes TRL's variants (sigmoid = DPO, ipo = Azar et al. 2023, hinge, robust, …)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ..alignment.preference import collate_pairs, render_prompt, render_reply, reply_logps, tokenize_preferences
 from ..alignment.trl_support import MetricsCallback, run_trainer, split_peft, trained_model, trl_args
 from ..data.templates import resolve_template
 from ..errors import RecipeError
 from ..training.modes import evaluating
-from .registry import PreparedData, Stage, StageConfig, register
-
-DPO_LOSSES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+from .registry import PreparedData, Stage, register
+from .settings import DPOSettings
 
 
 @register
@@ -27,11 +22,7 @@ class DPO(Stage):
     data_kinds = ("preference",)
     custom_loop = True
 
-    class Config(StageConfig):
-        beta: float = Field(0.1, gt=0, description="Strength of the implicit KL to the reference (τ for ipo).")
-        loss_type: DPO_LOSSES | list[DPO_LOSSES] = Field("sigmoid", description="TRL DPO loss(es).")
-        loss_weights: list[float] | None = Field(None, description="Weights when several loss types are combined.")
-        label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust/conservative DPO label noise.")
+    Config = DPOSettings
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         if is_encoder_decoder:

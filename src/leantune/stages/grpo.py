@@ -6,17 +6,16 @@ with ``beta > 0`` the KL reference is the base model with the adapter disabled."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
-
-from pydantic import Field
+from typing import ClassVar
 
 from ..alignment.preference import prompt_messages, render_prompt
 from ..alignment.rewards import resolve_reward
 from ..alignment.trl_support import MetricsCallback, run_trainer, split_peft, trained_model, trl_args
 from ..data.templates import resolve_template
 from ..errors import RecipeError
-from .ppo import GenerationConfig, PPOStage, RewardConfig
+from .ppo import PPOStage
 from .registry import PreparedData, Stage, register
+from .settings import GRPOSettings, RLOOSettings
 
 
 class _GroupRL(Stage):
@@ -87,22 +86,12 @@ class _GroupRL(Stage):
         return trained_model(trainer), result
 
 
-class GroupConfig(GenerationConfig, RewardConfig):
-    num_generations: int = Field(4, ge=2, description="Completions per prompt (one group).")
-    beta: float = Field(0.0, ge=0, description="KL coefficient to the adapter-disabled reference (0: none).")
-    epsilon: float = Field(0.2, gt=0, description="Clipping ε of the policy ratio.")
-    num_iterations: int = Field(1, gt=0, description="Optimisation passes per generation batch (μ).")
-
-
 @register
 class GRPO(_GroupRL):
     name = "grpo"
     summary = "Group relative policy optimisation (TRL GRPOTrainer) with an rm run or a Python reward."
 
-    class Config(GroupConfig):
-        loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = Field(
-            "dapo", description="TRL's GRPO loss aggregation.")
-        scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Reward std normalisation.")
+    Config = GRPOSettings
 
     def trainer_classes(self):
         from trl import GRPOConfig, GRPOTrainer
@@ -119,9 +108,7 @@ class RLOO(_GroupRL):
     name = "rloo"
     summary = "REINFORCE leave-one-out (TRL RLOOTrainer) with an rm run or a Python reward."
 
-    class Config(GroupConfig):
-        beta: float = Field(0.05, ge=0, description="KL coefficient to the adapter-disabled reference.")
-        normalize_advantages: bool = False
+    Config = RLOOSettings
 
     def trainer_classes(self):
         from trl import RLOOConfig, RLOOTrainer

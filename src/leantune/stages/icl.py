@@ -15,10 +15,7 @@ import random
 import re
 import string
 from collections import Counter
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 
 from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
@@ -29,8 +26,9 @@ from ..prompting.label_scoring import collate_prompts, prefix_cache, score_label
 from ..prompting.template import Template, truncate_text
 from ..prompting.verbalizer import PRESETS, Verbalizer, label_description
 from ..training.modes import evaluating
-from .pet import PromptSettings, check_labels, prompt_head
+from .pet import check_labels, prompt_head
 from .registry import PreparedData, Stage, register
+from .settings import ICLSettings
 
 DEFAULT_TEMPLATES = {"classification": "{text}\nAnswer: {mask}", "generation": "Question: {text}\nAnswer: {mask}"}
 MIN_CACHED_PREFIX = 16  # shorter shared prompt prefixes are not worth a cache
@@ -43,28 +41,7 @@ class ICL(Stage):
     data_kinds = ("classification", "chat")
     trains = False
 
-    class Config(PromptSettings):
-        task: Literal["auto", "classification", "generation"] = "auto"
-        preset: Literal["nli"] | None = Field(None, description="nli: zero-shot template + yes/no verbalizer.")
-        template: str | None = Field(None, description="Default: '{text}\\nAnswer: {mask}' (classification).")
-        label_names: dict[str, str] | None = Field(None, description="Text for {label}; default: label names.")
-        k: int | None = Field(None, ge=0, description="Demonstrations per prompt; default: the whole pool.")
-        selection: Literal["random", "balanced", "similar"] = "random"
-        order: Literal["random", "similar_last"] = "random"
-        fixed: bool = Field(False, description="One draw of demonstrations for every query (not per query); "
-                                               "its shared prompt prefix is computed once.")
-        embedder: str = Field("minilm-l6", description="Sentence-embedding model for similar / similar_last.")
-        separator: str = "\n\n"
-        max_demo_tokens: int | None = Field(128, gt=0, description="Each demonstration's text cut to this.")
-        max_new_tokens: int = Field(32, gt=0)
-        seed: int | None = Field(None, description="Selection/order seed; default train.seed.")
-
-        @model_validator(mode="after")
-        def _fixed_needs_no_query(self):
-            if self.fixed and (self.selection == "similar" or self.order == "similar_last"):
-                raise ValueError("fixed: true draws one set of demonstrations for all queries; selection "
-                                 "'similar' and order 'similar_last' depend on the query")
-            return self
+    Config = ICLSettings
 
     embedder = None  # a callable texts -> Tensor[N, D]; set it to plug in another embedder
 

@@ -20,10 +20,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ..data.collate import pad_batch
 from ..errors import RecipeError
@@ -33,7 +30,8 @@ from ..semisup.protonet import proto_loss
 from ..semisup.reptile import adapt, load_trainable, reptile_step, trainable_state
 from ..training.engine import TrainResult
 from ..training.optim import build_optimizer, param_groups
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import MetaSettings
 
 
 @register
@@ -43,17 +41,7 @@ class Meta(Stage):
     data_kinds = ("classification",)
     custom_loop = True
 
-    class Config(StageConfig):
-        algorithm: Literal["protonet", "reptile"] = "protonet"
-        n_way: int = Field(5, ge=2)
-        k_shot: int = Field(5, ge=1)
-        n_query: int = Field(5, ge=1, description="Query examples per class and episode.")
-        episodes: int = Field(200, ge=1, description="Training episodes (train.max_steps overrides).")
-        eval_episodes: int = Field(50, ge=1)
-        unseen_classes: int | None = Field(None, ge=2, description="Hold out N classes for evaluation.")
-        inner_steps: int = Field(5, ge=1, description="reptile: SGD steps per episode (and at evaluation).")
-        inner_lr: float = Field(1e-3, gt=0, description="reptile: inner SGD learning rate.")
-        meta_lr: float = Field(0.5, gt=0, le=1, description="reptile: interpolation step β.")
+    Config = MetaSettings
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         if is_encoder_decoder:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from safetensors.torch import save_file
 from torch import nn
 
@@ -31,8 +30,9 @@ from ..models.loading import load_config, resolve_model_path
 from ..training.modes import evaluating
 from ..transfer.features import pooled_features, response_logits
 from ..transfer.task_sampling import sample_mixture, task_probabilities
-from ..transfer.tasks import TaskSpec, load_tasks, task_names
-from .registry import PreparedData, Stage, StageConfig, register
+from ..transfer.tasks import load_tasks, task_names
+from .registry import PreparedData, Stage, register
+from .settings import MultiTaskSettings
 
 HEADS_FILE = "task_heads.safetensors"
 
@@ -43,11 +43,7 @@ class MultiTask(Stage):
     summary = "Several tasks at once: a head per classification task, or instruction mixing; temperature sampling."
     data_kinds = ("classification", "chat")
 
-    class Config(StageConfig):
-        tasks: list[TaskSpec] = Field(description="The tasks: [{name, data, eval, weight}, …], all of one kind.")
-        temperature: float = Field(1.0, gt=0, description="Task sampling p_i ∝ n_i^(1/T).")
-        mixture_size: int | None = Field(None, gt=0, description="Examples in the training mixture; default: all.")
-        head_dropout: float = Field(0.1, ge=0, lt=1)
+    Config = MultiTaskSettings
 
     def load_data(self, recipe, base_dir, say):
         trains, evals, kinds = load_tasks(self.config.tasks, self.data_kinds, self.name, recipe, base_dir, say)

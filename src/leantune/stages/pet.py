@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 
 from ..errors import DataValidationError, Problem, RecipeError
 from ..evaluation.classification import classification_metrics
@@ -29,21 +26,10 @@ from ..prompting.template import Template
 from ..prompting.verbalizer import Verbalizer, search_label_words
 from ..training.modes import evaluating
 from .pt import ENCODERS
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import PETSettings
 
 SOFT_MODULE = "leantune_soft_prompt"
-
-
-class PromptSettings(StageConfig):
-    """Settings shared by the prompt-based stages (pet, icl)."""
-
-    verbalizer: dict[str, list[str] | str] | Literal["auto"] | None = Field(
-        None, description="Label → label word(s); `auto` searches them (pet); default: the label names.")
-    scoring: Literal["mean", "first"] = Field("mean", description="Multi-token label words: mean or first token.")
-    labels: list[str] | None = Field(None, description="Label order; default: sorted labels of the data.")
-    calibrate: bool = Field(False, description="Contextual calibration with content-free inputs (Zhao et al. 2021).")
-    content_free: list[str] = Field(default_factory=lambda: ["N/A"], description="Content-free inputs, averaged.")
-    objective: Literal["auto", "mlm", "clm"] = Field("auto", description="auto: masked LM for encoders, else causal.")
 
 
 def prompt_head(objective: str, model_type: str, is_encoder_decoder: bool, stage: str) -> str:
@@ -68,29 +54,7 @@ class PET(Stage):
     summary = "Prompt-based fine-tuning (PET): cloze templates + verbalizers, masked or causal LMs; accuracy, macro-F1."
     data_kinds = ("classification",)
 
-    class Config(PromptSettings):
-        templates: list[str] = Field(default_factory=lambda: ["{text} It was {mask}."],
-                                     description="Cloze templates (see docs/few-shot.md); several form an ensemble.")
-        ensemble: Literal["average", "vote"] = Field("average", description="How templates are combined.")
-        auto_words: int = Field(1, ge=1, le=20, description="verbalizer: auto — label words per label.")
-        autoprompt_iterations: int = Field(10, ge=0, description="AutoPrompt steps for {trigger} slots.")
-        autoprompt_candidates: int = Field(10, ge=1, description="Candidate tokens tried per AutoPrompt step.")
-        distill_temperature: float = Field(2.0, gt=0, description="Temperature of the soft labels (PET: 2).")
-
-        @field_validator("templates", mode="before")
-        @classmethod
-        def _one_template(cls, v):
-            return [v] if isinstance(v, str) else v
-
-        @field_validator("templates")
-        @classmethod
-        def _parse(cls, v):
-            if not v:
-                raise ValueError("at least one template")
-            for t in v:
-                if Template(t).has_label:
-                    raise ValueError(f"{t!r}: {{label}} templates score one prompt per label; use stage icl")
-            return v
+    Config = PETSettings
 
     # ------------------------------------------------------------------ setup
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:

@@ -3,12 +3,9 @@ arXiv:1707.06347): LoRA policy + value head, reference = adapter disabled, per-t
 penalty, GAE, clipped policy and value losses. The loop lives in ``alignment/ppo.py``."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..alignment.ppo import (PPO, GenerationSettings, PPOSettings, ValueHead, generate, hidden_size,
@@ -20,24 +17,12 @@ from ..data.templates import resolve_template
 from ..errors import RecipeError
 from ..methods.registry import wraps_model
 from ..training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from ..training.engine import TrainingInterrupted, TrainResult, _ProgressBar, autocast_context, seed_everything
+from ..training.engine import TrainResult, autocast_context, seed_everything
+from ..training.interrupt import stop_on_signals
+from ..training.progress import TrainProgress
 from ..training.optim import build_optimizer, build_scheduler, param_groups
-from .registry import PreparedData, Stage, StageConfig, register
-
-
-class GenerationConfig(StageConfig):
-    max_new_tokens: int = Field(32, gt=0, description="Longest sampled response.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same).")
-    top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0: all.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    eval_samples: int = Field(1, ge=0, description="Sampled replies per eval prompt for the sampled reward "
-                                                  "and the KL to the reference (0: greedy replies only).")
-
-
-class RewardConfig(StageConfig):
-    reward: str = Field(description="Reward: a stage-rm run directory, module:function, or a built-in "
-                                    "(max_words, mentions_keyword, char_fraction).")
-    reward_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of a reward function.")
+from .registry import PreparedData, Stage, register
+from .settings import PPOStageSettings
 
 
 @register
@@ -48,17 +33,7 @@ class PPOStage(Stage):
     data_kinds = ("chat", "preference")
     custom_loop = True
 
-    class Config(GenerationConfig, RewardConfig):
-        kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty to the reference.")
-        gamma: float = Field(1.0, gt=0, le=1)
-        lam: float = Field(0.95, ge=0, le=1, description="GAE λ.")
-        clip_range: float = Field(0.2, gt=0, description="ε of the clipped policy ratio.")
-        clip_range_value: float = Field(0.2, gt=0, description="ε of the clipped value loss.")
-        vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-        ppo_epochs: int = Field(4, gt=0, description="Optimisation epochs per rollout batch.")
-        mini_batch_size: int | None = Field(None, gt=0, description="Default: the whole rollout batch.")
-        whiten_advantages: bool = True
-        eval_max_prompts: int = Field(32, gt=0, description="Eval prompts scored before/after training.")
+    Config = PPOStageSettings
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         if is_encoder_decoder:
@@ -156,18 +131,10 @@ class PPOStage(Stage):
             if resume:
                 say("[yellow]no PPO checkpoint to resume from; starting over")
             metrics.unlink(missing_ok=True)
-        stop: list[bool] = []
-
-        def request_stop(signum, frame):
-            if stop:  # a second Ctrl-C stops at once, as in the engine
-                raise KeyboardInterrupt
-            stop.append(True)
-
-        previous = signal.signal(signal.SIGINT, request_stop)
-        bar = _ProgressBar(iterations, start, enabled=progress)
+        bar = TrainProgress(iterations, start, enabled=progress, label="ppo")
         t0, tokens, record, step = now(), 0, {}, start
         model.train()
-        try:
+        with stop_on_signals() as stop, bar:
             for step in range(start + 1, iterations + 1):
                 idx = next(batches)
                 feats = [data.train[i] for i in idx]
@@ -184,11 +151,7 @@ class PPOStage(Stage):
                     save_checkpoint(ckpt_root, step, trainable, optimizer, scheduler, {"loss": record["loss"]},
                                     cfg.save_total_limit)
                 if stop:
-                    raise TrainingInterrupted(f"interrupted: checkpoint saved at PPO iteration {step} in "
-                                              f"{ckpt_root}; continue with `leantune train … --resume`")
-        finally:
-            bar.close()
-            signal.signal(signal.SIGINT, previous)
+                    raise stop.interrupted(f"PPO iteration {step}", str(ckpt_root))
         wall = now() - t0
         return model, TrainResult(steps=step, final_loss=record.get("loss", float("nan")), wall_time_s=wall,
                                   tokens=tokens, tokens_per_s=tokens / max(wall, 1e-9), label_tokens_per_s=0.0,

@@ -2,16 +2,14 @@
 Pretraining, arXiv:2004.10964): causal LM for decoders, masked LM for encoders."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ..data.collate import mask_tokens, pad_batch
 from ..data.tokenize import IGNORE, tokenize_for_mlm, tokenize_text_blocks
 from ..evaluation.lm import lm_loss_and_perplexity
 from ..training.losses import causal_lm_loss, causal_lm_token_losses, model_loss
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import PretrainSettings
 
 ENCODERS = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert"}
 
@@ -22,9 +20,7 @@ class Pretrain(Stage):
     summary = "Continued pretraining on plain text: causal LM (decoders) or masked LM (encoders)."
     data_kinds = ("text",)
 
-    class Config(StageConfig):
-        objective: Literal["auto", "clm", "mlm"] = "auto"
-        mlm_probability: float = Field(0.15, gt=0, lt=1)
+    Config = PretrainSettings
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         mlm = self.config.objective == "mlm" or (self.config.objective == "auto" and model_type in ENCODERS)

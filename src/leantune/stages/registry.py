@@ -5,20 +5,16 @@ and its evaluation metrics; the shared engine runs the loop.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ..errors import RecipeError
-
-
-class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from ..methods.settings import lookup
+from .settings import STAGE_SETTINGS, StageConfig, parse_stage
+from .settings import validate_stage_settings  # noqa: F401  (re-exported: torch-free in .settings)
 
 
 @dataclass
@@ -95,31 +91,14 @@ def _load_builtin_stages() -> None:
 
 
 def get_stage_class(name: str) -> type[Stage]:
+    lookup(STAGE_SETTINGS, name, "stage")  # an unknown name: an error naming the closest one
     _load_builtin_stages()
-    if name not in STAGES:
-        close = difflib.get_close_matches(name, list(STAGES), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(f"unknown stage {name!r}.{hint} Available: {', '.join(sorted(STAGES))}")
     return STAGES[name]
 
 
 def build_stage(spec: dict[str, Any], source: str = "recipe") -> Stage:
-    settings = dict(spec)
-    name = settings.pop("name", None)
-    if not name:
-        raise RecipeError(f"{source}: stage {spec!r} has no 'name'")
-    cls = get_stage_class(name)
-    try:
-        return cls(cls.Config.model_validate(settings))
-    except ValidationError as err:
-        from ..recipe import format_validation_error
-
-        raise RecipeError(format_validation_error(err, cls.Config, f"{source}: stage {name}")) from None
-
-
-def validate_stage_settings(spec: dict[str, Any], source: str) -> dict[str, Any]:
-    stage = build_stage(spec, source)
-    return {"name": stage.name, **stage.config.model_dump(mode="json")}
+    name, config = parse_stage(spec, source)
+    return get_stage_class(name)(config)
 
 
 def list_stages() -> list[type[Stage]]:

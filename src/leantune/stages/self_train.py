@@ -8,20 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
 from ..errors import RecipeError
 from ..semisup import rounds as R
 from ..semisup.pseudo_label import pseudo_label_precision, select
 from ..semisup.reptile import trainable_state
-from .registry import PreparedData, Stage, StageConfig, register
+from .registry import PreparedData, Stage, register
+from .settings import RoundSettings
 
 
 def pool_gold(recipe, pool: list[dict], labels: list[str]) -> list[int | None]:
     """True label ids of the pool rows where they can be found (else None): for ``unlabeled:
     keep`` from the training file by line, for a pool file from its ``label`` column."""
     from ..data.readers import read_rows
-    from ..pipeline import resolve_data_path
+    from ..data.paths import resolve_data_path
 
     spec = recipe.data.train if recipe.data.unlabeled == "keep" else recipe.data.unlabeled
     try:
@@ -30,14 +29,6 @@ def pool_gold(recipe, pool: list[dict], labels: list[str]) -> list[int | None]:
         return [None] * len(pool)
     index = {lab: i for i, lab in enumerate(labels)}
     return [index.get(str(by_line.get(ex.get("line")))) for ex in pool]
-
-
-class RoundSettings(StageConfig):
-    labels: list[str] | None = Field(None, description="Label order; default: sorted labels of the training data.")
-    rounds: int = Field(3, ge=1, description="Pseudo-labelling rounds after the first training.")
-    threshold: float = Field(0.9, ge=0, le=1, description="Minimum confidence of a pseudo-label.")
-    per_class: int | None = Field(None, ge=1, description="Instead: the N most confident per class (≥ threshold).")
-    reset: bool = Field(True, description="Retrain each round from the weights before the first round.")
 
 
 @register

@@ -11,7 +11,6 @@ import ctypes
 import json
 import math
 import random
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -26,6 +25,8 @@ from torch import nn
 from ..errors import LeantuneError
 from ..recipe import TrainSection
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .interrupt import stop_on_signals
+from .progress import TrainProgress
 from .optim import build_optimizer, build_scheduler, param_groups
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -34,12 +35,6 @@ Collate = Callable[[list[dict], torch.Generator], dict]
 
 class TrainingDiverged(LeantuneError):
     """The loss became NaN or infinite."""
-
-
-class TrainingInterrupted(LeantuneError):
-    """Ctrl-C: a checkpoint was saved; ``--resume`` continues."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -162,7 +157,6 @@ class Engine:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._plans: dict[int, list[list[int]]] = {}
-        self._stop = False
         self.adversary = None  # train.adversarial: FGM/PGD on the input embeddings (semisup/adversarial.py)
         if getattr(cfg, "adversarial", None) is not None:
             from ..semisup.adversarial import Adversary
@@ -222,10 +216,9 @@ class Engine:
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
         model.train()
-        previous = signal.signal(signal.SIGINT, self._request_stop)
-        bar = _ProgressBar(self.total_steps, start, enabled=self.progress)
+        bar = TrainProgress(self.total_steps, start, enabled=self.progress)
         t0, tokens, label_tokens, loss_value, step = time.perf_counter(), 0, 0, float("nan"), start
-        try:
+        with stop_on_signals() as stop, bar:
             for step in range(start + 1, self.total_steps + 1):
                 loss_sum = 0.0
                 for k in range(cfg.grad_accum):
@@ -264,26 +257,15 @@ class Engine:
                     model.train()
                     history.append(rec)
                     self._log(rec)
-                if (cfg.save_steps and step % cfg.save_steps == 0) or self._stop:
+                if (cfg.save_steps and step % cfg.save_steps == 0) or stop:
                     save_checkpoint(self.ckpt_root, step, model, optimizer, scheduler,
                                     {"loss": loss_value}, cfg.save_total_limit)
-                if self._stop:
-                    raise TrainingInterrupted(
-                        f"interrupted: checkpoint saved at step {step} in {self.ckpt_root}; "
-                        f"continue with `leantune train … --resume`"
-                    )
-        finally:
-            bar.close()
-            signal.signal(signal.SIGINT, previous)
+                if stop:
+                    raise stop.interrupted(f"step {step}", str(self.ckpt_root))
         wall = time.perf_counter() - t0
         return TrainResult(steps=step, final_loss=loss_value, wall_time_s=wall, tokens=tokens,
                            tokens_per_s=tokens / max(wall, 1e-9), label_tokens_per_s=label_tokens / max(wall, 1e-9),
                            history=history)
-
-    def _request_stop(self, signum, frame) -> None:
-        if self._stop:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop = True
 
     def _diverged(self, step: int, loss: torch.Tensor) -> None:
         ckpts = list_checkpoints(self.ckpt_root)
@@ -292,29 +274,3 @@ class Engine:
             f"training stopped: the loss became {loss.item()} at step {step}; {kept}. "
             f"Lower train.lr (now {self.cfg.lr}), set train.max_grad_norm, or check the data for empty targets."
         )
-
-
-class _ProgressBar:
-    """A rich progress bar showing loss and tokens per second."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
-            TimeRemainingColumn(), transient=False,
-        )
-        self.task = self.progress.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
-        self.progress.start()
-
-    def update(self, step: int, loss: float, tps: float) -> None:
-        if self.enabled:
-            self.progress.update(self.task, completed=step, loss=loss, tps=tps)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()

@@ -74,6 +74,6 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def resolve(path: str, base_dir: Path | None) -> Path:
-    from ..pipeline import resolve_data_path
+    from ..data.paths import resolve_data_path
 
     return resolve_data_path(path, base_dir)

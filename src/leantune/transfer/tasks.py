@@ -39,7 +39,7 @@ def task_names(tasks: list[TaskSpec]) -> list[str]:
 def load_tasks(tasks: list[TaskSpec], kinds: tuple[str, ...], stage: str, recipe, base_dir: Path | None,
                say) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
     """(train examples per task, eval examples per task, the data kind of each task)."""
-    from ..pipeline import resolve_data_path
+    from ..data.paths import resolve_data_path
 
     if not tasks:
         raise RecipeError(f"stage {stage}: give at least one task under stage.tasks")

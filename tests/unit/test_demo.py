@@ -1,0 +1,60 @@
+"""`leantune demo`'s orchestration (leantune/demo.py) on a tiny config-built model."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from leantune.demo import DemoSettings, held_out_questions, load_demo_recipe, print_report, run_demo
+from leantune.errors import RecipeError
+from leantune.data.paths import resolve_data_path
+from leantune.pipeline import load_data
+from leantune.stages.registry import build_stage
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def _questions(spec: str) -> set[str]:
+    lines = resolve_data_path(spec).read_text().splitlines()
+    return {json.loads(line)["instruction"] for line in lines}
+
+
+def test_demo_settings_and_recipe_overrides():
+    recipe, settings = load_demo_recipe(["demo.questions=8", "train.lr=1e-4"])
+    assert settings.questions == 8 and settings.shown == 3
+    assert recipe.train.lr == 1e-4 and recipe.output.overwrite and not recipe.eval.prompts
+    with pytest.raises(RecipeError):
+        load_demo_recipe(["demo.nope=1"])
+
+
+def test_held_out_questions_are_the_eval_split_drawn_by_seed():
+    recipe, settings = load_demo_recipe([])
+    _, eval_examples = load_data(recipe, build_stage(recipe.stage), None, lambda m: None)
+    pairs = held_out_questions(eval_examples, settings)
+    assert len(pairs) == settings.questions == 40
+    assert pairs == held_out_questions(eval_examples, settings)          # fixed seed
+    assert not {q for q, _ in pairs} & _questions(recipe.data.train)      # never trained on
+    assert ("How do I find files larger than 100 MB under the current directory?",
+            "find . -type f -size +100M") in held_out_questions(eval_examples, DemoSettings(questions=48))
+    assert all(r and "`" not in r for _, r in pairs)
+
+
+def test_run_demo_on_a_tiny_model(tiny_model_dir, tmp_path):
+    said: list[str] = []
+    result = run_demo([f"model={tiny_model_dir('llama')}", f"output.dir={tmp_path}", "train.max_steps=1",
+                       "train.batch_size=2", "data.max_samples=4", "train.save_steps=null",
+                       "demo.questions=3", "demo.shown=2", "demo.max_new_tokens=4", "demo.batch_size=2"],
+                      say=said.append, progress=False)
+    phases = [m.split("]", 1)[0] for m in said if m.startswith("[") and m[1].isdigit()]
+    assert phases == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert f"{len(os.sched_getaffinity(0))} CPU core" in said[0]
+    assert [s.question for s in result.before.items] == [s.question for s in result.after.items]
+    assert len(result.after.items) == 3 and result.summary.steps == 1
+    out = io.StringIO()
+    print_report(result, Console(file=out, width=120))
+    text = out.getvalue()
+    assert "command accuracy on 3 held-out questions" in text
+    assert text.count("reference:") == 2 and "demo time:" in text
