@@ -401,16 +401,19 @@ def estimate(
     if as_json:
         console.print_json(json.dumps({**est.as_dict(), "budget_bytes": limit, "verdict": verdict(est, limit)}))
         return
-    table = Table("component", Column("memory", justify="right"),
-                  title=f"{shape.name} · {est.method} · {precision}{' · nf4' if est.setting['quant'] == 'nf4' else ''}"
-                        f" · {optimizer} · batch {batch_size} × {seq_len}{' · checkpointing' if checkpointing else ''}")
+    # the setting as a heading that wraps at words (a table title would wrap at the narrow table's width)
+    console.print(f"[bold]{escape(shape.name)}[/] · {est.method} · {precision}"
+                  f"{' · nf4' if est.setting['quant'] == 'nf4' else ''} · {optimizer} · batch {batch_size} × {seq_len}"
+                  f"{' · checkpointing' if checkpointing else ''}", highlight=False)
+    table = Table("component", Column("memory", justify="right"))
     for key, value in est.components.items():
         table.add_row(key, _mb(value))
     table.add_row("[bold]total", f"[bold]{_mb(est.total)}")
     console.print(table)
     pct = 100 * est.trainable_params / max(est.total_params, 1)
-    console.print(f"trainable parameters: {est.trainable_params:,} of {est.total_params:,} ({pct:.3f}%; "
-                  f"{'exact, meta-device model' if est.count_source == 'meta' else 'closed-form'})", highlight=False)
+    console.print(f"trainable parameters: {est.trainable_params:,} of {est.total_params:,} ({pct:.3f}%)\n"
+                  f"parameter count: {'exact (meta-device model)' if est.count_source == 'meta' else 'closed-form'}",
+                  highlight=False)
     for note in est.notes:
         console.print(f"[dim]{escape(note)}", highlight=False)
     v = verdict(est, limit)
@@ -445,13 +448,13 @@ def advise(
     _quiet_libraries()
     situation = Situation(task=task, labelled=labelled, unlabelled=unlabelled, low_resource=low_resource,
                           tasks=tasks, memory_budget=parse_size(memory), time_budget_h=time_h, model=model)
-    table = Table("rank", Column("approach", no_wrap=True), "score", "memory", "why", "recipe",
-                  title=f"{task}, {labelled} labelled examples, budget {memory}")
+    rows = []
     for i, a in enumerate(run_advise(situation, out, data), 1):
         mem = "" if a.memory_mb is None else f"{a.memory_mb:,.0f} MB" + ("" if a.fits else " (over)")
-        why = "; ".join(a.reasons) + (f" [{a.note}]" if a.note else "")
-        table.add_row(str(i), a.approach, str(a.score), mem, escape(why), escape(a.recipe or "—"))
-    console.print(table)
+        rows.append(([(f"{i}. {a.approach}", "bold"), f"score {a.score}", mem],
+                     [*a.reasons, (a.note, "red"), (a.recipe and f"recipe: {a.recipe}", "dim")]))
+    console.print(_detail_table("approach", "why", rows, title=f"{task}, {labelled:,} labelled examples, "
+                                                                 f"budget {memory}"))
 
 
 @app.command()

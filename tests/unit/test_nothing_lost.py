@@ -274,3 +274,12 @@ def test_check_output_allows_new_and_empty_targets(tmp_path):
     check_output(tmp_path / "full", force=True)
     with pytest.raises(UnsafeOutput):
         check_output(Path.home(), force=True)
+
+
+def test_compare_refuses_a_folder_of_the_users_own_files(tiny_model_dir, tmp_path):
+    keep = precious(tmp_path / "results")
+    recipe = write_recipe(tmp_path, raw_recipe(tiny_model_dir("llama"), tmp_path))
+    result = invoke("compare", recipe, "--methods", "lora,bitfit", "--out", tmp_path / "results", "--in-process")
+    assert result.exit_code == 2 and "not an earlier comparison" in result.output
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["precious.txt"]
+    assert keep.read_text() == "years of work"

@@ -54,7 +54,7 @@ assert "must not exceed init_r" in refused(validate_method_settings, [{"name": "
 assert "PEFT-based" in refused(validate_method_settings, [{"name": "lora"}, {"name": "ia3"}], "r.yaml")
 assert "listed twice" in refused(validate_method_settings, [{"name": "bitfit"}, {"name": "bitfit"}], "r.yaml")
 assert "has no 'name'" in refused(validate_method_settings, [{"r": 4}], "r.yaml")
-assert "Did you mean 'pet'?" in refused(validate_stage_settings, {"name": "pte"}, "r.yaml")
+assert "Did you mean 'dpo'?" in refused(validate_stage_settings, {"name": "dpoo"}, "r.yaml")
 assert "r.yaml: stage dpo: beta" in refused(validate_stage_settings, {"name": "dpo", "beta": -1}, "r.yaml")
 assert "use stage icl" in refused(validate_stage_settings, {"name": "pet", "templates": "{label} {mask}"}, "r")
 assert "task names" in refused(validate_stage_settings, {"name": "multitask", "tasks": [{"data": "a", "name": "1"}]}, "r")

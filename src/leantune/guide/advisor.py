@@ -1,9 +1,10 @@
 """`leantune advise`: which approach to try first, from a table of rules.
 
-Every rule is one row of ``RULES``: a name, a condition on the situation, the score it
-adds to each approach it concerns, the reason shown to the user, and its source
-(docs/guidance.md lists them). Scores add up per approach; approaches are ranked by
-score, those whose memory estimate exceeds the budget are marked and sink.
+Every rule is one row of ``RULES``: a name, a condition on the situation, and for each
+approach it concerns the score it adds and why (its own sentence, shown on that approach's
+row), and its source (docs/guidance.md lists them). Only approaches that fit the task
+(``FITS``) are scored at all. Scores add up per approach; approaches are ranked by score,
+those whose memory estimate exceeds the budget are marked and sink.
 """
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ HELPERS = ("continued_pretraining", "self_training", "active_learning", "replay"
 TRAINS = {"pet", "adapter", "prefix_tuning", "lora", "qlora", "full", "continued_pretraining", "self_training", "llrd"}
 
 EXCLUDED = -100
+
+
+# Which tasks each approach fits: every approach and helper checked against every task in TASKS.
+# The advisor proposes an approach only for the tasks listed here, whatever the rules score.
+FITS: dict[str, tuple[str, ...]] = {
+    "icl": TASKS,                          # label words for classification; demonstrations + continuation otherwise
+    "pet": ("classification",),            # cloze templates scored through label words (verbalizers)
+    "adapter": TASKS, "prefix_tuning": TASKS, "lora": TASKS, "qlora": TASKS, "full": TASKS,
+    "continued_pretraining": TASKS,        # stage pt: causal or masked LM on in-domain text, before any task
+    "self_training": ("classification",),  # pseudo-labels are class labels (stages self_train, pet)
+    "active_learning": ("classification",),  # uncertainty over a fixed label set (stage active)
+    "replay": TASKS,                       # mixing earlier/general data back in works for any objective
+    "llrd": ("classification",),           # layer-wise LR decay for full fine-tuning of an encoder
+    "retrieval": ("generation", "extraction", "qa"),  # summarization has its source, classification its labels
+}
+assert set(FITS) == set(APPROACHES + HELPERS) and all(set(t) <= set(TASKS) for t in FITS.values())
+
+
+def fits(approach: str, task: str) -> bool:
+    return task in FITS[approach]
 
 
 @dataclass
@@ -41,67 +62,114 @@ class Situation:
 
 @dataclass(frozen=True)
 class Rule:
+    """``effects``: approach → (score, why this approach in this situation). The why is a
+    template: {n} labelled examples, {task}, {tasks} (number of tasks)."""
     name: str
     when: Callable[[Situation], bool]
-    scores: dict[str, int]
-    reason: str
+    effects: dict[str, tuple[int, str]]
     source: str
+
+    @property
+    def scores(self) -> dict[str, int]:
+        return {approach: pts for approach, (pts, _) in self.effects.items()}
+
+    def reason(self, approach: str, s: Situation) -> str:
+        return self.effects[approach][1].format(n=f"{s.labelled:,}", task=s.task, tasks=s.tasks)
 
 
 SRC_FEW = "docs/few-shot.md; Schick & Schütze 2021 (PET, arXiv:2001.07676); Brown et al. 2020 (GPT-3 ICL)"
 SRC_PEFT = "Hu et al. 2021 (LoRA); Dettmers et al. 2023 (QLoRA); He et al. 2022 (arXiv:2110.04366)"
+SRC_RAG = "Lewis et al. 2020, RAG (arXiv:2005.11401)"
 RULES: tuple[Rule, ...] = (
-    Rule("very_low_resource", lambda s: s.labelled < 32,
-         {"icl": 6, "pet": 5, "adapter": 3, "prefix_tuning": 3, "lora": 2, "full": -3},
-         "very few labelled examples: in-context learning first (no training), then PET, then adapters "
-         "or prefix tuning", SRC_FEW),
-    Rule("few_labelled", lambda s: 32 <= s.labelled < 1000,
-         {"pet": 4, "lora": 4, "qlora": 3, "adapter": 3, "prefix_tuning": 2, "icl": 1, "full": -1},
-         "hundreds of examples: parameter-efficient tuning (LoRA, adapters) learns without overfitting; "
-         "PET still helps classification", SRC_FEW + "; " + SRC_PEFT),
-    Rule("moderate_data", lambda s: 1000 <= s.labelled < 10000,
-         {"lora": 5, "qlora": 4, "adapter": 3, "full": 2, "prefix_tuning": 1},
-         "thousands of examples: LoRA/QLoRA match full fine-tuning at a fraction of the memory", SRC_PEFT),
-    Rule("ample_data", lambda s: s.labelled >= 10000,
-         {"full": 6, "lora": 4, "qlora": 3, "adapter": 2},
-         "ample data: full fine-tuning is worth it when memory allows", SRC_PEFT),
-    Rule("pet_needs_labels_words", lambda s: not s.is_cls,
-         {"pet": EXCLUDED}, "PET scores label words: classification only", SRC_FEW),
-    Rule("generation_prefers_lora", lambda s: s.task in ("generation", "summarization", "qa", "extraction"),
-         {"lora": 1, "qlora": 1}, "generation-type tasks: LoRA on a causal LM (SFT)", SRC_PEFT),
-    Rule("many_tasks", lambda s: s.tasks > 1,
-         {"adapter": 2, "prefix_tuning": 2, "lora": 2, "qlora": 1, "full": -3},
-         "several tasks from one base model: small per-task modules instead of a full copy per task",
-         "Houlsby et al. 2019 (arXiv:1902.00751); Li & Liang 2021 (arXiv:2101.00190)"),
-    Rule("short_time_budget", lambda s: s.time_budget_h is not None and s.time_budget_h < 1,
-         {"icl": 3, "full": -3, "qlora": -1},
-         "under an hour: no-training ICL and light methods first; QLoRA's 4-bit kernels are slower", SRC_PEFT),
-    Rule("domain_shift_with_text", lambda s: s.low_resource and s.unlabelled,
-         {"continued_pretraining": 5},
-         "low-resource language or specialised domain with unlabelled text: continued pretraining first",
-         "Gururangan et al. 2020, Don't Stop Pretraining (arXiv:2004.10964)"),
-    Rule("domain_shift", lambda s: s.low_resource and not s.unlabelled,
-         {"retrieval": 2, "continued_pretraining": 1},
-         "specialised domain without unlabelled text: retrieval of in-domain passages helps; "
-         "collect text for continued pretraining", "Lewis et al. 2020, RAG (arXiv:2005.11401)"),
-    Rule("unlabelled_pool", lambda s: s.unlabelled and s.is_cls and s.labelled < 1000,
-         {"self_training": 4},
-         "an unlabelled pool with few labels: self-training / PET's soft labels on the pool",
-         "Schick & Schütze 2021 (iPET); Xie et al. 2020 (arXiv:1911.04252)"),
-    Rule("labelling_possible", lambda s: s.labelled < 1000,
-         {"active_learning": 2},
-         "few labels: label the examples the model is least sure of first (active learning)",
-         "Settles 2009, Active Learning Literature Survey"),
-    Rule("forgetting", lambda s: s.tasks > 1 or s.low_resource,
-         {"replay": 2},
-         "sequential tasks or domain shift: mix some earlier/general data back in (replay) against forgetting",
-         "Scialom et al. 2022 (arXiv:2205.12393); de Masson d'Autume et al. 2019"),
-    Rule("encoder_full_ft", lambda s: s.labelled >= 1000 and s.is_cls,
-         {"llrd": 2}, "full fine-tuning of an encoder: layer-wise learning-rate decay stabilises it",
-         "Howard & Ruder 2018 (ULMFiT); Clark et al. 2020 (ELECTRA)"),
-    Rule("knowledge_heavy", lambda s: s.task in ("qa", "extraction"),
-         {"retrieval": 3}, "knowledge-heavy task: retrieve passages into the prompt",
-         "Lewis et al. 2020, RAG (arXiv:2005.11401)"),
+    Rule("very_low_resource", lambda s: s.labelled < 32, {
+        "icl": (6, "{n} labelled examples are too few to train on: in-context learning puts them in the prompt "
+                   "as demonstrations, no training; measure it first"),
+        "pet": (5, "PET phrases the task as a cloze question whose label words reuse the language model's head: "
+                   "the trained option that learns most from {n} examples"),
+        "adapter": (3, "adapters train a small bottleneck per layer and leave the model intact: the first trained "
+                       "option after the no-training baseline"),
+        "prefix_tuning": (3, "prefix tuning learns only virtual tokens in front of every layer: the fewest "
+                             "trainable weights, little to overfit on {n} examples"),
+        "lora": (2, "LoRA learns a low-rank weight update; with {n} examples keep the rank small and the "
+                    "epochs few"),
+        "full": (-3, "full fine-tuning moves every weight: {n} examples overfit it and it forgets what it knew"),
+    }, SRC_FEW),
+    Rule("few_labelled", lambda s: 32 <= s.labelled < 1000, {
+        "pet": (4, "with {n} examples PET still beats a fresh classification head: the label words give the "
+                   "model a head start"),
+        "lora": (4, "{n} examples are enough for LoRA: a low-rank update adapts the model without overfitting"),
+        "qlora": (3, "QLoRA is LoRA on a 4-bit base model: the same learning from {n} examples in less memory, "
+                     "with slower steps"),
+        "adapter": (3, "adapters learn about as well as LoRA from {n} examples, as a separate module per task "
+                       "(not merged into the weights)"),
+        "prefix_tuning": (2, "prefix tuning trains the fewest weights; with {n} examples it usually trails LoRA "
+                             "and adapters"),
+        "icl": (1, "ICL costs no training and is the baseline to beat, but only a few of the {n} examples fit "
+                   "in a prompt"),
+        "full": (-1, "full fine-tuning on {n} examples risks overfitting for little gain over "
+                     "parameter-efficient tuning"),
+    }, SRC_FEW + "; " + SRC_PEFT),
+    Rule("moderate_data", lambda s: 1000 <= s.labelled < 10000, {
+        "lora": (5, "{n} examples: LoRA matches full fine-tuning at a fraction of the memory"),
+        "qlora": (4, "QLoRA keeps LoRA's quality on {n} examples with the base model in 4-bit: the most "
+                     "memory-frugal trained option"),
+        "adapter": (3, "adapters match LoRA on {n} examples but stay a separate module at inference"),
+        "full": (2, "with {n} examples full fine-tuning is worth trying where memory allows: the reference "
+                    "the others are measured against"),
+        "prefix_tuning": (1, "prefix tuning gains less than LoRA from {n} examples: a lightweight fallback"),
+    }, SRC_PEFT),
+    Rule("ample_data", lambda s: s.labelled >= 10000, {
+        "full": (6, "{n} examples: full fine-tuning can use all of them and is worth its memory"),
+        "lora": (4, "LoRA stays close to full fine-tuning on {n} examples at a fraction of the memory"),
+        "qlora": (3, "QLoRA trains on {n} examples when neither full fine-tuning nor 16/32-bit LoRA fits "
+                     "the memory"),
+        "adapter": (2, "adapters come close to full fine-tuning with {n} examples and keep one small module "
+                       "per task"),
+    }, SRC_PEFT),
+    Rule("generation_prefers_lora", lambda s: s.task in ("generation", "summarization", "qa", "extraction"), {
+        "lora": (1, "{task}: supervised fine-tuning of a causal LM with LoRA is the common recipe"),
+        "qlora": (1, "{task}: QLoRA is the common SFT recipe when a larger causal LM must fit the memory"),
+    }, SRC_PEFT),
+    Rule("many_tasks", lambda s: s.tasks > 1, {
+        "adapter": (2, "{tasks} tasks on one base model: one small adapter per task, loaded as needed"),
+        "prefix_tuning": (2, "{tasks} tasks: one learned prefix per task in front of one frozen, shared model"),
+        "lora": (2, "{tasks} tasks: one LoRA file per task on a shared base model"),
+        "qlora": (1, "{tasks} tasks: per-task LoRA adapters on one shared 4-bit base model"),
+        "full": (-3, "{tasks} tasks would need {tasks} full copies of the model"),
+    }, "Houlsby et al. 2019 (arXiv:1902.00751); Li & Liang 2021 (arXiv:2101.00190)"),
+    Rule("short_time_budget", lambda s: s.time_budget_h is not None and s.time_budget_h < 1, {
+        "icl": (3, "under an hour: ICL needs one pass over the evaluation set and no training"),
+        "full": (-3, "under an hour: full fine-tuning updates every weight, the slowest steps"),
+        "qlora": (-1, "under an hour: QLoRA's 4-bit dequantisation makes each step slower than LoRA's"),
+    }, SRC_PEFT),
+    Rule("domain_shift_with_text", lambda s: s.low_resource and s.unlabelled, {
+        "continued_pretraining": (5, "low-resource language or specialised domain with unlabelled text: "
+                                     "continue pretraining on that text before fine-tuning"),
+    }, "Gururangan et al. 2020, Don't Stop Pretraining (arXiv:2004.10964)"),
+    Rule("domain_shift", lambda s: s.low_resource and not s.unlabelled, {
+        "retrieval": (2, "specialised domain without unlabelled text: retrieve in-domain passages into the prompt"),
+        "continued_pretraining": (1, "specialised domain: collect in-domain text and continue pretraining on it "
+                                     "before fine-tuning"),
+    }, SRC_RAG + "; Gururangan et al. 2020 (arXiv:2004.10964)"),
+    Rule("unlabelled_pool", lambda s: s.unlabelled and s.is_cls and s.labelled < 1000, {
+        "self_training": (4, "{n} labels and an unlabelled pool: label the pool with the model's confident "
+                             "predictions (or PET's soft labels) and train again"),
+    }, "Schick & Schütze 2021 (iPET); Xie et al. 2020 (arXiv:1911.04252)"),
+    Rule("labelling_possible", lambda s: s.labelled < 1000, {
+        "active_learning": (2, "only {n} labels: label next the examples the model is least sure of "
+                               "(active learning)"),
+    }, "Settles 2009, Active Learning Literature Survey"),
+    Rule("forgetting", lambda s: s.tasks > 1 or s.low_resource, {
+        "replay": (2, "sequential tasks or a domain shift: mix some earlier or general data back into training "
+                      "so the model does not forget"),
+    }, "Scialom et al. 2022 (arXiv:2205.12393); de Masson d'Autume et al. 2019"),
+    Rule("encoder_full_ft", lambda s: s.labelled >= 1000 and s.is_cls, {
+        "llrd": (2, "{n} examples on an encoder: full fine-tuning with layer-wise learning-rate decay keeps "
+                    "the lower layers stable"),
+    }, "Howard & Ruder 2018 (ULMFiT); Clark et al. 2020 (ELECTRA)"),
+    Rule("knowledge_heavy", lambda s: s.task in ("qa", "extraction"), {
+        "retrieval": (3, "{task} depends on facts the model may lack: retrieve passages into the prompt"),
+    }, SRC_RAG),
 )
 
 
@@ -125,9 +193,12 @@ def fired(situation: Situation) -> list[Rule]:
 
 
 def score(situation: Situation) -> dict[str, tuple[int, list[Rule]]]:
+    """Approach → (total score, the fired rules that concern it); approaches that do not fit the task are left out."""
     out: dict[str, tuple[int, list[Rule]]] = {}
     for rule in fired(situation):
         for approach, pts in rule.scores.items():
+            if not fits(approach, situation.task):
+                continue
             total, rules = out.get(approach, (0, []))
             out[approach] = (total + pts, rules + [rule])
     return out
@@ -202,10 +273,8 @@ def advise(situation: Situation, out_dir: Path | None = None, data: str = "train
         if approach not in scored:
             continue
         pts, rules = scored[approach]
-        a = Advice(approach, pts, [r.reason for r in rules if r.scores[approach] > 0] or
-                   [r.reason for r in rules], [r.name for r in rules])
-        if pts <= EXCLUDED // 2:
-            a.note = "not applicable"
+        ordered = sorted(rules, key=lambda r: r.scores[approach] <= 0)  # what speaks for it, then against
+        a = Advice(approach, pts, [r.reason(approach, situation) for r in ordered], [r.name for r in ordered])
         if with_memory and approach in TRAINS:
             mem = memory_for(approach, situation)
             if mem is not None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, check_output
+from ..errors import LeantuneError, OutputExists
 
 METRIC_ORDER = ("accuracy", "macro_f1", "f1", "reward_accuracy", "loss", "perplexity")
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -102,16 +103,27 @@ def row_of(name: str, s: dict, metric: str | None) -> dict:
     }
 
 
+def check_compare_dir(out_dir: Path) -> None:
+    """``--out`` is a new or empty folder, or one an earlier compare wrote (it resumes there);
+    never a folder of the user's own files, nor the current folder, home or a parent of them."""
+    out_dir = Path(out_dir)
+    ours = (out_dir / "compare.json").is_file() or (out_dir / "runs").is_dir()
+    try:
+        check_output(out_dir, force=ours, what="comparison")
+    except OutputExists:
+        raise OutputExists(f"{out_dir}: the folder has files of its own and is not an earlier comparison's "
+                           f"output; choose a new --out folder") from None
+
+
 def compare(raw: dict, *, methods: list[str] | None = None, stages: list[str] | None = None, out_dir: Path,
             base_dir: Path | None = None, isolate: bool = True,
             say: Callable[[str], None] = lambda s: None) -> CompareResult:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     vs = variants(raw, methods, stages, out_dir)
     if not vs:
-        from ..errors import LeantuneError
-
         raise LeantuneError("compare: give --methods and/or --stages")
+    check_compare_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [(v.name, run_variant(v, base_dir, isolate, say)) for v in vs]
     metric = pick_metric([s for _, s in summaries])
     result = CompareResult(out_dir, [row_of(n, s, metric) for n, s in summaries], metric)

@@ -591,6 +591,8 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
             from ..training.engine import cpu_has_native_bf16
 
             prec = "mixed" if cpu_has_native_bf16() else "fp32"
+    elif prec in ("bf16", "fp16") and device == "cpu":
+        prec = "mixed"  # the engine's bf16 is autocast over the fp32 weights CPU loads (models/loading.py)
     if recipe.model.dtype in ("bfloat16", "float16") and prec != "fp32":
         prec = "bf16" if recipe.model.dtype == "bfloat16" else "fp16"
     qcfg = next((m for m in recipe.method if m["name"] == "qlora"), None)
