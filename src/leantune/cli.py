@@ -104,7 +104,7 @@ def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: boo
     _quiet_libraries()
     from .pipeline import train
 
-    summary = train(recipe, resume=resume, base_dir=base_dir, progress=sys.stderr.isatty(),
+    summary = train(recipe, resume=resume, base_dir=base_dir, progress=True,
                     say=lambda m: console.print(m, highlight=False))
     _print_summary(summary)
 
@@ -125,7 +125,7 @@ def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo
     _quiet_libraries()
     from .demo import print_report, run_demo
 
-    result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False), progress=sys.stderr.isatty())
+    result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False), progress=True)
     _print_summary(result.summary)
     print_report(result, console)
 
@@ -233,7 +233,8 @@ def _detail_table(first: str, second: str, rows: list[tuple[list, list]], title:
     from rich.text import Text
 
     def cell(lines: list) -> Text:
-        return Text("\n").join(Text(*((x,) if isinstance(x, str) else x)) for x in lines if x)
+        pairs = [(x, "") if isinstance(x, str) else x for x in lines]
+        return Text("\n").join(Text(text, style) for text, style in pairs if text)
 
     table = Table(Column(first, no_wrap=True), Column(second, overflow="fold"), title=title, show_lines=True)
     for left, right in rows:

@@ -22,7 +22,7 @@ from .evaluation.generate import generate_answers
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .recipe import Recipe
-from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, open_run_dir
+from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
 from .report.run_report import write_report
 from .stages.registry import build_stage
 from .training.engine import Engine, count_total_steps, seed_everything
@@ -161,6 +161,9 @@ def _train_into(run_dir: Path, recipe: Recipe, stage, method, model, tokenizer, 
             "labels": data.labels}
     atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    if resume and not has_checkpoints(run_dir):
+        say(f"[yellow]--resume: {run_dir} has no checkpoint yet (it stopped before train.save_steps); "
+            f"training starts from step 0")
     trainable, total = count_parameters(model)
     say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
     if stage.custom_loop:  # stages with their own loop (PPO) or a TRL trainer (DPO, GRPO, RLOO)
