@@ -125,7 +125,8 @@ def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo
     _quiet_libraries()
     from .demo import print_report, run_demo
 
-    result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False), progress=True)
+    result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                      progress=True)
     _print_summary(result.summary)
     print_report(result, console)
 

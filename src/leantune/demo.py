@@ -18,22 +18,25 @@ recipe, e.g. ``leantune demo demo.questions=8 train.max_steps=4``.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import RecipeError
 from .evaluation.command_match import EQUIVALENT, EXACT, accuracy, extract_command, match_command
 from .recipe import Recipe, load_recipe, parse_override
 
 DEMO_RECIPE = Path(str(resources.files("leantune") / "resources" / "demo" / "demo.yaml"))
+COMMAND_ACCURACY_FILE = "command_accuracy.json"  # written into the run directory
 
 
 @dataclass
@@ -61,6 +64,7 @@ class CommandScore:
 
     @property
     def rates(self) -> dict[str, float]:
+        """``{"exact": …, "equivalent": …}``, fractions of the questions."""
         return accuracy([s.match for s in self.items])
 
     def count(self, level: str) -> int:
@@ -176,8 +180,13 @@ def run_demo(overrides: list[str] = (), say: Callable[[str], None] = print, prog
 
     say(f"[4/4] evaluating the trained model: answering the same {len(pairs)} questions …")
     run = load_run(summary.run_dir)
-    after = score_commands(run.model, run.tokenizer, pairs, recipe.data.template, settings)
+    model = run.method.merge(run.model) if run.method.mergeable else run.model  # same model, faster generation
+    after = score_commands(model, run.tokenizer, pairs, recipe.data.template, settings)
     say(f"      command accuracy after training: {_rate(after, EXACT)} exact ({after.seconds:.0f} s)")
+    atomic_write_text(Path(summary.run_dir) / COMMAND_ACCURACY_FILE, json.dumps(
+        {"settings": asdict(settings), "before": before.rates, "after": after.rates,
+         "questions": [{"question": b.question, "reference": b.reference, "before": asdict(b), "after": asdict(a)}
+                       for b, a in zip(before.items, after.items)]}, indent=2))
     return DemoResult(summary, settings, before, after, machine,
                       {"before": before.seconds, "training": t_train, "after": after.seconds,
                        "total": time.perf_counter() - t_start})
@@ -202,18 +211,27 @@ def print_report(result: DemoResult, console) -> None:
     table.add_row("exact or equivalent", _rate(result.before, EQUIVALENT), _rate(result.after, EQUIVALENT))
     console.print(table)
     console.print("[dim]exact: the same command up to whitespace, quoting and safe flag order; equivalent: "
-                  "the same program, flags (in any order) and arguments. Commands are compared, never run.[/]")
+                  "the same program, flags (in any order) and arguments. Commands are compared, never run.[/]",
+                  soft_wrap=True)
 
     def verdict(s: Scored) -> str:
-        return {EXACT: "[green]exact match[/]", EQUIVALENT: "[green]equivalent[/]"}.get(
-            s.match, "[red]no match[/]" if s.command else "[red]no command found[/]")
+        if s.command is None:
+            return "[red]no command found[/]"
+        found = f" (its command: {escape(s.command)})" if s.match != EXACT else ""
+        return {EXACT: "[green]exact match[/]", EQUIVALENT: "[green]equivalent[/]"}.get(s.match, "[red]no match[/]") + found
 
-    for b, a in list(zip(result.before.items, result.after.items))[: result.settings.shown]:
-        console.print(f"\n[bold]Q:[/] {escape(b.question)}\n[bold]reference:[/] {escape(b.reference)}",
-                      highlight=False)
-        console.print(f"[dim]before[/] ({verdict(b)}): {escape(b.answer)}", highlight=False)
-        console.print(f"[green]after[/]  ({verdict(a)}): {escape(a.answer)}", highlight=False)
+    def indented(answer: str) -> str:
+        return "\n".join("    | " + line for line in escape(answer).splitlines() or [""])
+
+    shown = list(zip(result.before.items, result.after.items))[: result.settings.shown]
+    console.print(f"\n{len(shown)} of the held-out questions, answered before and after training:", soft_wrap=True)
+    for b, a in shown:
+        console.print(f"\n[bold]Q:[/] {escape(b.question)}\n  reference command: {escape(b.reference)}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"  [bold]before[/]: {verdict(b)}\n{indented(b.answer)}", highlight=False, soft_wrap=True)
+        console.print(f"  [bold]after[/]: {verdict(a)}\n{indented(a.answer)}", highlight=False, soft_wrap=True)
     t = result.seconds
     console.print(f"\ndemo time: {t['total']:.0f} s (command accuracy before {t['before']:.0f} s, training "
                   f"and loss evaluation {t['training']:.0f} s, command accuracy after {t['after']:.0f} s) "
-                  f"on {result.machine}", highlight=False)
+                  f"on {result.machine}; every answer: {Path(result.summary.run_dir) / COMMAND_ACCURACY_FILE}",
+                  highlight=False, soft_wrap=True)

@@ -211,15 +211,16 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def format_validation_error(err: ValidationError, model_cls: type[BaseModel], source: str,
-                            marks: Marks | None = None) -> str:
+                            marks: Marks | None = None, context: str = "") -> str:
     """Turn pydantic errors into lines naming the field (with ``file:line:column`` where the
-    YAML marks give it), the problem, and a suggestion."""
+    YAML marks give it), the problem, and a suggestion; ``context`` precedes the field
+    (e.g. "method lora: ")."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         where = ".".join(str(p) for p in loc)
         at = locate(marks, loc) if marks else None
-        source_at = f"{source}:{at[0]}:{at[1]}" if at else source
+        source_at = (f"{source}:{at[0]}:{at[1]}" if at else source) + (f": {context.rstrip(': ')}" if context else "")
         if e["type"] == "extra_forbidden":
             hint = _suggest(str(loc[-1]), _fields_at(model_cls, loc))
             lines.append(f"{source_at}: unknown key '{where}'.{hint}")
@@ -255,13 +256,21 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, Recipe, source, marks)) from None
-    from .methods.registry import validate_method_settings
-    from .stages.registry import validate_stage_settings
+    from .methods.settings import validate_method_settings
+    from .stages.settings import validate_stage_settings
 
-    def section_source(key: str) -> str:
-        at = marks.get((key,))
-        return f"{source}:{at[0]}:{at[1]}" if at else source
-
-    recipe.method = validate_method_settings(recipe.method, section_source("method"))
-    recipe.stage = validate_stage_settings(recipe.stage, section_source("stage"))
+    recipe.method = validate_method_settings(recipe.method, source, [
+        entry_marks(marks, raw.get("method"), i) for i in range(len(recipe.method))])
+    recipe.stage = validate_stage_settings(recipe.stage, source, entry_marks(marks, raw.get("stage"), None))
     return recipe
+
+
+def entry_marks(marks: Marks, value: Any, index: int | None) -> Marks:
+    """The marks of one method or stage entry, keyed relative to it; ``()`` is the entry itself.
+    ``method: lora``, ``method: {name: lora, …}`` and ``method: [a, {name: b, …}]`` all work."""
+    key = "method" if index is not None else "stage"
+    prefix = (key, index) if isinstance(value, list) else (key,)
+    relative = {k[len(prefix):]: v for k, v in marks.items() if k[: len(prefix)] == prefix}
+    if () not in relative and (key,) in marks:
+        relative[()] = marks[(key,)]
+    return relative

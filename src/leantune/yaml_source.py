@@ -75,8 +75,9 @@ def read_yaml(path: Path) -> tuple[Any, Marks]:
 
 
 def locate(marks: Marks, loc: tuple) -> tuple[int, int] | None:
-    """The line and column of the deepest key of ``loc`` that the file names."""
-    for n in range(len(loc), 0, -1):
+    """The line and column of the deepest key of ``loc`` that the file names (``()``: the
+    place of the whole mapping, when the file names none of them)."""
+    for n in range(len(loc), -1, -1):
         if tuple(loc[:n]) in marks:
             return marks[tuple(loc[:n])]
     return None

@@ -57,4 +57,6 @@ def test_run_demo_on_a_tiny_model(tiny_model_dir, tmp_path):
     print_report(result, Console(file=out, width=120))
     text = out.getvalue()
     assert "command accuracy on 3 held-out questions" in text
-    assert text.count("reference:") == 2 and "demo time:" in text
+    assert text.count("reference command:") == 2 and "demo time:" in text
+    saved = json.loads((tmp_path / "demo-lora-smollm2" / "command_accuracy.json").read_text())
+    assert saved["before"] == result.before.rates and len(saved["questions"]) == 3

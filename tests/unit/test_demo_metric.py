@@ -32,6 +32,7 @@ from leantune.evaluation.command_match import (
     # prose only
     ("To see the login history, open the settings of your browser.", None),
     ("use the history tab", None),
+    ("Here's how:\n\n1. Open a terminal and go to the folder.\n2. Run the following command: `sudo", None),
     ("", None),
 ])
 def test_extract_command(answer, command):

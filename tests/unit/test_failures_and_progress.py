@@ -84,13 +84,16 @@ def test_recipe_validation_does_not_import_torch(tmp_path):
     """The recipe and its data are checked before torch loads: errors come in a second."""
     import subprocess
 
-    path = write(tmp_path / "r.yaml", "model: x\nmethod: {name: lora, r: 4}\nstage: sft\ntrain: {seed: -1}\n")
+    good = write(tmp_path / "good.yaml", "model: x\nmethod: [prefix_tuning, {name: adapter, kind: parallel}]\n"
+                                         "stage: {name: dpo, beta: 0.2}\n")
+    bad = write(tmp_path / "bad.yaml", "model: x\nstage: sft\nmethod: {name: lora, r: 0}\n")
     code = (f"import sys\nfrom leantune.recipe import load_recipe\nfrom leantune.errors import RecipeError\n"
-            f"try:\n    load_recipe({str(path)!r})\nexcept RecipeError as e:\n    print(e)\n"
+            f"print(load_recipe({str(good)!r}).stage['beta'])\n"
+            f"try:\n    load_recipe({str(bad)!r})\nexcept RecipeError as e:\n    print(e)\n"
             f"assert 'torch' not in sys.modules, 'torch was imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "train.seed" in out.stdout
+    assert out.stdout.startswith("0.2\n") and f"{bad}:3:22: method lora: r: Input should be greater than 0" in out.stdout
 
 
 def test_progress_in_a_log_is_plain_lines(monkeypatch):

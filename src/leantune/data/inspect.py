@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leantune.data.formats import get_format, load_examples
-from leantune.data.readers import shown
+from leantune.data.readers import field_name
 from leantune.errors import Problem
 
 
@@ -68,7 +68,7 @@ class DataReport:
             rows.append(("turns per example", str(self.turns)))
         if self.label_counts is not None:
             counts = sorted(self.label_counts.items(), key=lambda kv: -kv[1])
-            labels = ", ".join(f"{_label(k)}: {v}" for k, v in counts)
+            labels = ", ".join(f"{field_name(str(k))}: {v}" for k, v in counts)
             rows.append((f"labels ({len(self.label_counts)})", labels))
         if self.token_lengths:
             rows.append(("tokens per example", str(self.token_lengths)))
@@ -90,12 +90,6 @@ class DataReport:
         if self.problems:
             lines += ["", f"{len(self.problems)} problem(s):", *self.problem_lines(limit)]
         return lines
-
-
-def _label(label: str | int) -> str:
-    """A label as the report shows it: as written when printable and short, else escaped and cut."""
-    text = str(label)
-    return text if text.isprintable() and len(text) <= 60 else shown(label)
 
 
 def inspect_data(path: str | Path, fmt: str | None, tokenizer=None) -> DataReport:

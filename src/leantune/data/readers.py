@@ -36,7 +36,7 @@ def read_rows(path: str | Path, problems: list[Problem] | None = None) -> list[t
     _check_is_file(path)
     found: list[Problem] = []
     if suffix == ".parquet":
-        rows = _read_parquet(path)
+        rows = _read_parquet(path, found)
     else:
         try:
             data = path.read_bytes()
@@ -93,6 +93,11 @@ def shown(value: object, limit: int = 60) -> str:
     except RecursionError:
         return f"<{type_name(value)} nested too deeply to show>"
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def field_name(key: str) -> str:
+    """A user's key as a Problem's field: as written when printable and short, else as :func:`shown`."""
+    return key if key.isprintable() and 0 < len(key) <= 60 else shown(key)
 
 
 def type_name(value: object) -> str:
@@ -157,8 +162,7 @@ class _Decoder:
         """Keep ``value`` as the row of ``line``, or record why it cannot be one."""
         if self.repeated:
             key = self.repeated[0]
-            field = key if key.isprintable() and 0 < len(key) <= 60 else shown(key)
-            problems.append(Problem(file, line, field, f"key {shown(key)} appears twice in one object (JSON "
+            problems.append(Problem(file, line, field_name(key), f"key {shown(key)} appears twice in one object (JSON "
                                     "would silently keep the last value); remove one"))
         else:
             _add_row(line, value, file, rows, problems)
@@ -229,11 +233,7 @@ def _read_csv(text: str, file: str, problems: list[Problem]) -> list[tuple[int, 
     rows: list[tuple[int, dict]] = []
     try:
         header = next(reader, None)
-        repeated = [name for name, n in Counter(header or ()).items() if n > 1]
-        if repeated:
-            message = (f"column {shown(repeated[0])} appears twice in the header; every column of a "
-                       "row needs its own name")
-            raise DataValidationError([Problem(file, 1, shown(repeated[0]), message)])
+        _check_header(header or [], file)
         start = reader.line_num + 1
         for record in reader:
             line, start = start, reader.line_num + 1  # a quoted cell may span lines
@@ -250,11 +250,35 @@ def _read_csv(text: str, file: str, problems: list[Problem]) -> list[tuple[int, 
     return rows
 
 
-def _read_parquet(path: Path) -> list[tuple[int, dict]]:
+def _check_header(names: list[str], file: str) -> None:
+    """Every CSV column needs its own name: a repeated one would silently drop a cell of each row."""
+    repeated = [name for name, n in Counter(names).items() if n > 1]
+    if repeated:
+        message = f"column {shown(repeated[0])} appears twice; every column needs its own name"
+        raise DataValidationError([Problem(file, 1, field_name(repeated[0]), message)])
+
+
+def _read_parquet(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
-        raise LeantuneError(f"cannot read parquet file {path}: {exc}") from exc
-    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeantuneError(f"cannot read parquet file {path}: {reason}") from None
+    try:
+        return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    except Exception:  # noqa: BLE001 - a value Python cannot hold (a timestamp past year 9999): find it
+        pass
+    rows: list[tuple[int, dict]] = []
+    for i in range(table.num_rows):
+        row = {}
+        for name, column in zip(table.column_names, table.columns):
+            try:
+                row[name] = column[i].as_py()
+            except Exception as exc:  # noqa: BLE001 - pyarrow and datetime raise several types
+                problems.append(Problem(str(path), i + 1, field_name(name), f"a value Python cannot hold: {exc}"))
+                break
+        else:
+            rows.append((i + 1, row))
+    return rows

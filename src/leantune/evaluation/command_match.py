@@ -47,7 +47,7 @@ _OPERATORS = ("&&", "||", ";;", ">>", "<<", ">&", "<&", "&>", "|&", "|", ";", "&
 _OPERATOR_CHARS = set("|&;<>()")
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
 _INLINE = re.compile(r"`([^`\n]+)`")
-_PROGRAM = re.compile(r"^(?:sudo\s+)?(?:[a-z0-9][a-z0-9._+-]*|\.{0,2}/[\w./-]+|~/[\w./-]+)(?:\s|$)")
+_PROGRAM = re.compile(r"^(?:sudo\s+)?(?:[a-z][a-z0-9._+-]*|\.{0,2}/[\w./-]+|~/[\w./-]+)(?:\s|$)")
 # Lower-case words that start prose rather than a command.
 _PROSE = frozenset("""a an and as at but by first for from here if in it its note of on or run see so that the
 then this to try type use using when with you your""".split())

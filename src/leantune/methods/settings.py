@@ -25,7 +25,7 @@ NonLinearity = Literal["relu", "gelu", "silu", "tanh"]
 class MethodConfig(BaseModel):
     """Settings of one method; unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- through PEFT
@@ -373,34 +373,47 @@ def split_name(spec: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     return name, settings
 
 
-def lookup(table: dict[str, Any], name: str, kind: str) -> Any:
-    """``table[name]``; an unknown name is an error that suggests the closest one and lists them all."""
+def lookup(table: dict[str, Any], name: str, kind: str, where: str = "") -> Any:
+    """``table[name]``; an unknown name is an error (prefixed by ``where``, e.g. "recipe.yaml:3:9: ")
+    that suggests the closest one and lists them all."""
+    if not isinstance(name, str):
+        raise RecipeError(f"{where}the {kind} name must be a string, got {type(name).__name__} {name!r:.60}")
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(f"unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(table))}")
+        raise RecipeError(f"{where}unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(table))}")
     return table[name]
 
 
-def validated(model: type[BaseModel], settings: dict[str, Any], where: str) -> BaseModel:
-    """``settings`` validated by ``model``; errors name the field, the problem and a suggestion."""
+def entry_place(source: str, marks: dict | None) -> str:
+    """``"file:line:column: "`` of a recipe entry, or ``"file: "`` when the marks do not place it."""
+    at = (marks or {}).get(("name",)) or (marks or {}).get(())
+    return f"{source}:{at[0]}:{at[1]}: " if at else f"{source}: "
+
+
+def validated(model: type[BaseModel], settings: dict[str, Any], source: str, context: str,
+              marks: dict | None = None) -> BaseModel:
+    """``settings`` validated by ``model``; errors name the file (at the field's line and column
+    where the entry's YAML ``marks`` give them), ``context`` (e.g. "method lora"), the field,
+    the problem and a suggestion."""
     try:
         return model.model_validate(settings)
     except ValidationError as err:
         from ..recipe import format_validation_error
 
-        raise RecipeError(format_validation_error(err, model, where)) from None
+        raise RecipeError(format_validation_error(err, model, source, marks, context=context)) from None
 
 
-def method_info(name: str) -> MethodInfo:
+def method_info(name: str, where: str = "") -> MethodInfo:
     """The description of method ``name``; an unknown name suggests the closest one."""
-    return lookup(METHOD_INFO, name, "method")
+    return lookup(METHOD_INFO, name, "method", where)
 
 
-def parse_method(spec: dict[str, Any], source: str = "recipe") -> tuple[str, MethodConfig]:
+def parse_method(spec: dict[str, Any], source: str = "recipe", marks: dict | None = None) -> tuple[str, MethodConfig]:
     """``{"name": "lora", "r": 4}`` → ("lora", its validated ``LoraSettings``)."""
     name, settings = split_name(spec, f"{source}: method entry")
-    return name, validated(method_info(name).settings, settings, f"{source}: method {name}")
+    info = method_info(name, entry_place(source, marks))
+    return name, validated(info.settings, settings, source, f"method {name}", marks)
 
 
 def check_combination(members: list[tuple[str, bool]], source: str) -> None:
@@ -419,11 +432,13 @@ def check_combination(members: list[tuple[str, bool]], source: str) -> None:
         raise RecipeError(f"{source}: method {sorted({n for n in names if names.count(n) > 1})} listed twice")
 
 
-def validate_method_settings(specs: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
-    """Validate every method entry and return them with defaults filled in."""
+def validate_method_settings(specs: list[dict[str, Any]], source: str,
+                             marks: list[dict] | None = None) -> list[dict[str, Any]]:
+    """Validate every method entry and return them with defaults filled in; ``marks[i]`` (from
+    the recipe's YAML) places entry i's keys at their line and column."""
     out = []
-    for spec in specs:
-        name, config = parse_method(spec, source)
+    for i, spec in enumerate(specs):
+        name, config = parse_method(spec, source, marks[i] if marks else None)
         out.append({"name": name, **config.model_dump(mode="json")})
     if len(out) > 1:  # the combination (e.g. at most one PEFT-based method)
         check_combination([(m["name"], METHOD_INFO[m["name"]].peft) for m in out], source)

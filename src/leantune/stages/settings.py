@@ -11,12 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..methods.settings import lookup, split_name, validated
+from ..methods.settings import entry_place, lookup, split_name, validated
 from ..prompting.template import Template
 
 
 class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class TaskSpec(StageConfig):
@@ -271,13 +271,16 @@ STAGE_SETTINGS: dict[str, type[StageConfig]] = {
 }
 
 
-def parse_stage(spec: dict[str, Any], source: str = "recipe") -> tuple[str, StageConfig]:
+def parse_stage(spec: dict[str, Any], source: str = "recipe", marks: dict | None = None) -> tuple[str, StageConfig]:
     """``{"name": "pet", "templates": [...]}`` → ("pet", its validated ``PETSettings``); an unknown
     name suggests the closest one."""
     name, settings = split_name(spec, f"{source}: stage")
-    return name, validated(lookup(STAGE_SETTINGS, name, "stage"), settings, f"{source}: stage {name}")
+    settings_class = lookup(STAGE_SETTINGS, name, "stage", entry_place(source, marks))
+    return name, validated(settings_class, settings, source, f"stage {name}", marks)
 
 
-def validate_stage_settings(spec: dict[str, Any], source: str) -> dict[str, Any]:
-    name, config = parse_stage(spec, source)
+def validate_stage_settings(spec: dict[str, Any], source: str, marks: dict | None = None) -> dict[str, Any]:
+    """The stage entry validated, defaults filled in; ``marks`` (from the recipe's YAML) place its
+    keys at their line and column."""
+    name, config = parse_stage(spec, source, marks)
     return {"name": name, **config.model_dump(mode="json")}

@@ -2,31 +2,11 @@
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
-
-from pydantic import Field, field_validator
 
 from ..data.formats import FORMATS, load_examples
 from ..errors import LeantuneError, RecipeError
-from ..stages.registry import StageConfig
-
-
-class TaskSpec(StageConfig):
-    name: str | None = Field(None, description="Task name (letters, digits, _ and -); default task<i>.")
-    data: str = Field(description="Training file (.jsonl/.json/.csv/.parquet) or builtin:NAME.")
-    eval: str | None = Field(None, description="Evaluation file; default: eval_split of data held out.")
-    format: str | None = None
-    eval_split: float = Field(0.2, ge=0, lt=1)
-    max_samples: int | None = Field(None, gt=0)
-    weight: float = Field(1.0, gt=0, description="multitask: weight of this task's loss.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if v is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", v):
-            raise ValueError("task names start with a letter and hold letters, digits, _ and -")
-        return v
+from ..stages.settings import TaskSpec
 
 
 def task_names(tasks: list[TaskSpec]) -> list[str]:

@@ -18,7 +18,8 @@ output), written next to this script:
 
     shell_help_train.jsonl
     shell_help_eval.jsonl
-    demo_prompts.json      (3 eval-split questions the demo prints before/after)
+    demo_prompts.json      (3 eval-split questions; earlier demos printed them, the demo
+                            now draws the questions it shows from the eval split by seed)
 
 The split is by TASK, never by example: all phrasings of one task land in the
 same split, so eval measures whether the answer *style* generalises to unseen
@@ -52,8 +53,9 @@ TRAIN_FILE = OUT_DIR / "shell_help_train.jsonl"
 EVAL_FILE = OUT_DIR / "shell_help_eval.jsonl"
 DEMO_FILE = OUT_DIR / "demo_prompts.json"
 
-# The three questions printed before/after training by `leantune demo`.
-# Their tasks are always placed in the eval split.
+# Three questions that earlier versions of `leantune demo` printed before/after training
+# (it now draws them from the eval split by seed). Their tasks are always placed in the
+# eval split, which keeps the split, and so the files, unchanged.
 DEMO_QUESTIONS = [
     "How do I find files larger than 100 MB under the current directory?",
     "How do I see which process is listening on port 8080?",
