@@ -38,8 +38,8 @@ class DataSection(Section):
     skip_invalid: bool = False
     train_on_prompt: bool = False
     template: str = Field("auto", description="Chat template: auto (the model's own, else chatml), chatml, plain.")
-    max_samples: int | None = Field(None, gt=0)
-    shots: int | None = Field(None, ge=0, description="Few-shot: K labelled examples per class (K in all for "
+    max_samples: int | None = Field(None, gt=0, le=10**12)
+    shots: int | None = Field(None, ge=0, le=10**9, description="Few-shot: K labelled examples per class (K in all for "
                               "unlabelled formats), chosen with train.seed; 0 = zero-shot.")
     unlabeled: str | None = Field(None, description="Unlabelled pool: `keep` (the training examples not taken "
                                   "by `shots`, labels dropped) or a file of rows with `text`.")
@@ -59,30 +59,30 @@ class AdversarialSection(Section):
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0, le=1e6)
     max_steps: int | None = Field(None, gt=0, le=10**9, description="Overrides epochs when set.")
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0, le=2**20)
+    grad_accum: int = Field(1, gt=0, le=2**20)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0)
-    max_length: int = Field(512, gt=8)
+    max_length: int = Field(512, gt=8, le=2**24)
     seed: int = Field(42, ge=0, lt=2**32, description="Seeds Python, NumPy and torch (0 … 2³²−1).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
     group_by_length: bool = True
-    logging_steps: int = Field(5, gt=0)
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (and always at the end).")
-    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps.")
-    save_total_limit: int = Field(2, gt=0)
+    logging_steps: int = Field(5, gt=0, le=10**9)
+    eval_steps: int | None = Field(None, gt=0, le=10**9, description="Evaluate every N steps (and always at the end).")
+    save_steps: int | None = Field(None, gt=0, le=10**9, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, le=10**6)
     adversarial: AdversarialSection | None = Field(None, description="Adversarial training on the input "
                                                    "embeddings: {kind: fgm|pgd, epsilon, steps, alpha}.")
 
 
 class EvalSection(Section):
-    batch_size: int = Field(8, gt=0)
-    max_new_tokens: int = Field(96, gt=0)
+    batch_size: int = Field(8, gt=0, le=2**20)
+    max_new_tokens: int = Field(96, gt=0, le=2**20)
     prompts: list[str] = Field(default_factory=list, description="Prompts answered before and after training.")
     before: bool = Field(True, description="Also evaluate the untouched model before training.")
 
