@@ -56,6 +56,8 @@ def _own(name: str) -> bool:
 def _file_handler(path: Path) -> logging.Handler | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            return None  # the file opens on the first record: failing there would print a traceback
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 * 2**20, backupCount=1,
                                                        encoding="utf-8", delay=True)
     except OSError:
@@ -80,15 +82,20 @@ def _showwarning(message, category, filename, lineno, file=None, line=None) -> N
     logging.getLogger("py.warnings").warning("%s", text)
 
 
+def _remove_handlers() -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def quiet(log_file: Path | str | None = None, verbose: bool = False) -> Path | None:
     """Route library log records (WARNING and up) and warnings to ``log_file`` (default:
     :func:`default_log_file`); with ``verbose`` also to stderr. Calling again replaces the
     previous setting. Returns the log file, or None where it cannot be written (then
     library output is dropped unless ``verbose``)."""
+    _remove_handlers()
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
-        root.removeHandler(handler)
-        handler.close()
     path = Path(log_file).expanduser() if log_file is not None else default_log_file()
     to_file = _file_handler(path)
     to_terminal = _Stderr()
@@ -124,10 +131,7 @@ def adopt_library_loggers() -> None:
 
 def undo() -> None:
     """Remove what :func:`quiet` installed (handlers, the warnings hook)."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
-        root.removeHandler(handler)
-        handler.close()
+    _remove_handlers()
     if warnings.showwarning is _showwarning:
         warnings.showwarning = _state["showwarning"]
     _state.update(configured=False, verbose=False, log_file=None)

@@ -263,8 +263,11 @@ def _read_parquet(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]
 
     try:
         table = pq.read_table(path)
+        names = table.column_names  # a column name that is not UTF-8 fails here
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, UnicodeDecodeError):
+            reason = f"a column name is not UTF-8 text ({reason})"
         raise LeantuneError(f"cannot read parquet file {path}: {reason}") from None
     try:
         return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
@@ -273,7 +276,7 @@ def _read_parquet(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]
     rows: list[tuple[int, dict]] = []
     for i in range(table.num_rows):
         row = {}
-        for name, column in zip(table.column_names, table.columns):
+        for name, column in zip(names, table.columns):
             try:
                 row[name] = column[i].as_py()
             except Exception as exc:  # noqa: BLE001 - pyarrow and datetime raise several types
