@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RecipeError
-from .yaml_source import Marks, locate, read_yaml
+from .yaml_source import MAX_NODES, Marks, expanded_size, locate, read_yaml
 
 
 class Section(BaseModel):
@@ -156,6 +156,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except (yaml.YAMLError, RecursionError, ValueError):
         parsed = value
+    if expanded_size(parsed) > MAX_NODES:
+        raise RecipeError(f"override {key.strip()}: the value expands to more than {MAX_NODES:,} values "
+                          f"(YAML aliases that refer to themselves or repeat each other)")
     return path, parsed
 
 

@@ -31,6 +31,24 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_NODES = 100_000  # a recipe is a few hundred values; aliases can make a small file expand without end
+
+
+def expanded_size(data: Any) -> int:
+    """Values in ``data`` counted as if every alias were written out; stops past ``MAX_NODES``
+    (a self-referencing alias never ends, a "billion laughs" file grows exponentially)."""
+    count, stack = 0, [data]
+    while stack and count <= MAX_NODES:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def _collect_marks(node: yaml.Node, path: tuple, marks: Marks) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -68,6 +86,11 @@ def read_yaml(path: Path) -> tuple[Any, Marks]:
         raise RecipeError(f"{path}{where}: not valid YAML: {problem}") from None
     except RecursionError:
         raise RecipeError(f"{path}: not a usable recipe: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RecipeError(f"{path}: not a usable recipe: {exc}") from None
+    if expanded_size(data) > MAX_NODES:
+        raise RecipeError(f"{path}: not a usable recipe: it expands to more than {MAX_NODES:,} values "
+                          f"(YAML aliases that refer to themselves or repeat each other)")
     marks: Marks = {}
     if node is not None:
         _collect_marks(node, (), marks)

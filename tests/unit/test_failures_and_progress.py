@@ -108,3 +108,17 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
     lines = err.getvalue().splitlines()
     assert 20 <= len(lines) <= 41 and lines[-1].startswith("train step 40/40 (100%)  loss 0.0250")
     assert "\x1b" not in err.getvalue()  # no terminal control codes in a log
+
+
+def test_aliases_that_expand_without_end_are_refused(tmp_path):
+    """A list that holds itself, and a "billion laughs" file (9 levels of 9 aliases), are
+    refused at once instead of hanging validation."""
+    laughs = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        laughs.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    for text in ("model: m\nstage: &a [*a]\n", "\n".join(laughs) + "\nmodel: x\n"):
+        path = write(tmp_path / "r.yaml", text)
+        with pytest.raises(RecipeError, match="expands to more than"):
+            load_recipe(path)
+    with pytest.raises(RecipeError, match="expands to more than"):
+        load_recipe(raw={"model": "x"}, overrides=["stage=&a [*a]"])
