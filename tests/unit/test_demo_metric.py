@@ -6,10 +6,12 @@ import pytest
 from leantune.evaluation.command_match import (
     EQUIVALENT,
     EXACT,
+    PROGRAM,
     accuracy,
     extract_command,
     match_command,
     normalize,
+    programs,
     tokenize,
 )
 
@@ -29,6 +31,12 @@ from leantune.evaluation.command_match import (
     ("To see it, use:\n$ df -i", "df -i"),
     # only an inline span in the middle of prose
     ("The simplest way is `git clean -fd`, which removes untracked files.", "git clean -fd"),
+    # cut off inside the leading span (max_new_tokens): the rest of that line
+    ("`date -d -m -w -w -w", "date -d -m -w -w -w"),
+    # of the inline spans, the first that looks like a command
+    ("Use the `-A` option:\n1. Open a terminal.\n2. Run: `ssh-add -A mykey.key`", "ssh-add -A mykey.key"),
+    ("Call `time()` in Python, or `uptime`.", "uptime"),
+    ("Pass `-v` for more.", "-v"),
     # prose only
     ("To see the login history, open the settings of your browser.", None),
     ("use the history tab", None),
@@ -92,7 +100,7 @@ def test_equivalent(predicted, reference):
     assert match_command(predicted, reference) == EQUIVALENT
 
 
-# --------------------------------------------------------------------------- no match
+# --------------------------------------------------------------------------- not a correct answer
 
 @pytest.mark.parametrize("predicted, reference", [
     ("find . -name *.log", "find . -name '*.log'"),                   # unquoted glob: the shell expands it
@@ -101,8 +109,16 @@ def test_equivalent(predicted, reference):
     ("cp b a", "cp a b"),                                             # argument order matters
     ("find . -delete -empty", "find . -empty -delete"),               # find: order is meaning
     ("rsync -a --include=a --exclude=b s/ d/", "rsync -a --exclude=b --include=a s/ d/"),
-    ("ls", "ls -la"),
     ("grep TODO | wc", "grep TODO && wc"),                            # different operator
+])
+def test_not_a_correct_answer(predicted, reference):
+    assert match_command(predicted, reference) not in (EXACT, EQUIVALENT)
+
+
+@pytest.mark.parametrize("predicted, reference", [
+    ("git branch -d x", "git clean -fd"),                             # git: the subcommand is the program
+    ("ps aux | grep 80", "sudo lsof -i :8080"),
+    ("uname -a", "strings program.bin | less"),
     ("echo 'unclosed", "echo unclosed"),                              # untokenizable, different text
     (None, "ls"),
     ("   ", "ls"),
@@ -111,13 +127,32 @@ def test_no_match(predicted, reference):
     assert match_command(predicted, reference) is None
 
 
+@pytest.mark.parametrize("predicted, reference", [
+    ("ls", "ls -la"),
+    ("df -h", "df -i"),
+    ("git branch -d old_branch", "git branch -d feature-login"),      # placeholder name differs
+    ("tar -xzf archive.tar.gz", "tar -xzf archive.tar.gz -C /opt/app"),
+    ("echo hi | base64", "echo 'aGVsbG8=' | base64 -d"),
+    ("/usr/bin/find /", "sudo find . -type f"),
+])
+def test_right_program_only(predicted, reference):
+    assert match_command(predicted, reference) == PROGRAM
+
+
+def test_programs():
+    assert programs("sudo apt update && sudo apt upgrade") == ("apt update", "apt upgrade")
+    assert programs("git -C repo status") == ("git",)
+    assert programs("strings a.bin | less") == ("strings", "less")
+    assert programs("find . -type f > files.txt 2>&1 | sort") == ("find", "sort")
+
+
 def test_known_leniency_of_equivalent():
     """Which flag takes the argument is not known: only ``exact`` keeps it apart."""
     assert match_command("tar -c -f -z x", "tar -c -z -f x") == EQUIVALENT
 
 
 def test_order_sensitive_program_needs_same_order_even_for_equivalent():
-    assert match_command("find . -size +100M -type f", "find . -type f -size +100M") is None
+    assert match_command("find . -size +100M -type f", "find . -type f -size +100M") == PROGRAM
     assert match_command("find  .  -type f -size +100M", "find . -type f -size +100M") == EXACT
 
 
@@ -127,5 +162,5 @@ def test_normalize_is_canonical():
 
 
 def test_accuracy():
-    assert accuracy([EXACT, EQUIVALENT, None, None]) == {EXACT: 0.25, EQUIVALENT: 0.5}
-    assert accuracy([]) == {EXACT: 0.0, EQUIVALENT: 0.0}
+    assert accuracy([EXACT, EQUIVALENT, PROGRAM, None]) == {EXACT: 0.25, EQUIVALENT: 0.5, PROGRAM: 0.75}
+    assert accuracy([]) == {EXACT: 0.0, EQUIVALENT: 0.0, PROGRAM: 0.0}

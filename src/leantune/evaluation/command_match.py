@@ -1,7 +1,7 @@
 """Command accuracy for shell-help answers: pull the command out of a model's answer and
 compare it with a reference command, as text. Nothing here ever runs a command.
 
-Two levels of agreement, both computed from a small POSIX-shell tokenizer (quotes,
+Three levels of agreement, computed from a small POSIX-shell tokenizer (quotes,
 backslashes, operators such as ``|``, ``&&`` and ``>``, ``#`` comments):
 
 ``exact``
@@ -26,6 +26,12 @@ backslashes, operators such as ``|``, ``&&`` and ``>``, ``#`` comments):
     Known leniency: it does not know which flags take an argument, so
     ``tar -fx a.tar`` counts as equivalent to ``tar -xf a.tar``.
 
+``program`` (a lenient diagnostic, not a correct answer)
+    ``equivalent``, or the same programs in the same order (per command of a pipeline
+    or list; a leading ``sudo`` ignored; ``git``, ``apt``, ``systemctl`` … with their
+    subcommand), whatever the flags and arguments: ``git branch -d old`` for
+    ``git branch -d feature-login``, but also ``df -h`` for ``df -i``.
+
 An answer whose command cannot be tokenized (e.g. an unclosed quote) matches only
 if it equals the reference after collapsing whitespace.
 """
@@ -34,17 +40,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-EXACT, EQUIVALENT = "exact", "equivalent"
+EXACT, EQUIVALENT, PROGRAM = "exact", "equivalent", "program"
+LEVELS = (EXACT, EQUIVALENT, PROGRAM)  # strictest first; each level counts the stricter ones too
 
 # Programs whose option order carries meaning (expressions, per-input options, link order).
 ORDER_SENSITIVE = frozenset({
     "find", "test", "[", "[[", "expr", "ffmpeg", "iptables", "ip6tables", "gcc", "g++", "cc", "c++",
     "clang", "clang++", "ld", "java", "convert", "magick", "sox", "tcpdump",
 })
+# Tools whose first argument names the action: `git clean` and `git branch` are different programs.
+SUBCOMMAND_TOOLS = frozenset({
+    "git", "apt", "apt-get", "dnf", "yum", "systemctl", "docker", "kubectl", "ip", "pip", "npm", "cargo", "go",
+    "brew", "snap", "openssl", "conda", "nmcli", "timedatectl", "hostnamectl", "loginctl",
+})
 # Unquoted characters that the shell treats specially inside a word.
 _SPECIAL = set("$`\\\"'*?[]{}~!#")
 _OPERATORS = ("&&", "||", ";;", ">>", "<<", ">&", "<&", "&>", "|&", "|", ";", "&", "<", ">", "(", ")")
 _OPERATOR_CHARS = set("|&;<>()")
+_REDIRECTS = frozenset({">", ">>", "<", "<<", ">&", "<&", "&>"})
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
 _INLINE = re.compile(r"`([^`\n]+)`")
 _PROGRAM = re.compile(r"^(?:sudo\s+)?(?:[a-z][a-z0-9._+-]*|\.{0,2}/[\w./-]+|~/[\w./-]+)(?:\s|$)")
@@ -211,8 +224,28 @@ def equivalence_key(command: str) -> tuple:
                  for seg in _segments(tokenize(command)))
 
 
+def programs(command: str) -> tuple[str, ...]:
+    """The program of each command of a pipeline or list (see ``program`` in the module docstring)."""
+    out = []
+    redirected = False
+    for seg in _segments(tokenize(command)):
+        if seg[0].kind == "op":
+            redirected = seg[0].text in _REDIRECTS
+            continue
+        if redirected:  # `> file …`: a redirection target and the same command's words, not a command
+            continue
+        words = [t.text for t in seg]
+        if words and words[0] == "sudo":
+            words = words[1:]
+        if words:
+            name = _program(words)
+            sub = words[1] if name in SUBCOMMAND_TOOLS and len(words) > 1 and not _is_flag(words[1]) else None
+            out.append(f"{name} {sub}" if sub else name)
+    return tuple(out)
+
+
 def match_command(predicted: str | None, reference: str) -> str | None:
-    """``"exact"``, ``"equivalent"`` or ``None`` (no command, or a different one)."""
+    """``"exact"``, ``"equivalent"``, ``"program"`` or ``None`` (no command, or other programs)."""
     if not predicted or not predicted.strip():
         return None
     try:
@@ -220,6 +253,8 @@ def match_command(predicted: str | None, reference: str) -> str | None:
             return EXACT
         if equivalence_key(predicted) == equivalence_key(reference):
             return EQUIVALENT
+        if programs(predicted) == programs(reference):
+            return PROGRAM
     except ValueError:  # unclosed quote: compare the text itself
         return EXACT if " ".join(predicted.split()) == " ".join(reference.split()) else None
     return None
@@ -256,10 +291,12 @@ def extract_command(answer: str) -> str | None:
 
     In order of preference: whichever comes first of the first fenced code block
     (its first command line) and the first line that starts with an inline code
-    span (that span, as in the demo data's answer style); else the first line that
-    looks like a command (starts with a lower-case program name or a path, is not
-    prose, does not end with ``:``); else the first inline code span anywhere. A
-    leading ``$ `` prompt is removed.
+    span (that span, as in the demo data's answer style; an answer cut off inside
+    it gives the rest of the line); else the first line that looks like a command
+    (starts with a lower-case program name or a path, is not prose, does not end
+    with ``:``); else the first inline code span anywhere that looks like a command
+    (not ``-A`` or ``time()``), else the first inline code span. A leading ``$ ``
+    prompt is removed.
     """
     candidates: list[tuple[int, str]] = []
     for fence in _FENCE.finditer(answer):
@@ -269,8 +306,9 @@ def extract_command(answer: str) -> str | None:
     offset = 0
     for line in answer.splitlines(keepends=True):
         stripped = line.lstrip()
-        if stripped.startswith("`") and not stripped.startswith("```") and (m := _INLINE.match(stripped)):
-            candidates.append((offset, _strip_prompt(m.group(1))))
+        if stripped.startswith("`") and not stripped.startswith("```"):
+            m = _INLINE.match(stripped)
+            candidates.append((offset, _strip_prompt(m.group(1) if m else stripped[1:].rstrip("\n"))))
             break
         offset += len(line)
     if candidates:
@@ -278,12 +316,12 @@ def extract_command(answer: str) -> str | None:
     for line in answer.splitlines():
         if _looks_like_command(line):
             return _strip_prompt(line)
-    m = _INLINE.search(answer)
-    return _strip_prompt(m.group(1)) if m else None
+    spans = [_strip_prompt(m.group(1)) for m in _INLINE.finditer(answer)]
+    return next((c for c in spans if _looks_like_command(c)), spans[0] if spans else None)
 
 
 def accuracy(matches: list[str | None]) -> dict[str, float]:
-    """``{"exact": …, "equivalent": …}`` as fractions; ``equivalent`` counts exact matches too."""
+    """``{"exact": …, "equivalent": …, "program": …}`` as fractions of ``matches``; each level
+    counts the stricter ones too (``equivalent`` includes the exact matches)."""
     n = max(len(matches), 1)
-    return {EXACT: sum(m == EXACT for m in matches) / n,
-            EQUIVALENT: sum(m in (EXACT, EQUIVALENT) for m in matches) / n}
+    return {level: sum(m in LEVELS[: i + 1] for m in matches) / n for i, level in enumerate(LEVELS)}
