@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from leantune.cli import app
 from leantune.guide.estimate import (
-    MB, NF4_BYTES, Setting, activation_bytes_per_layer, count_trainable, estimate, parse_count, parse_size,
-    shape_from_config, shape_from_numbers, suggestions, top_activation_bytes, verdict,
+    BF16_KERNELS_MB, HEAP_RETAINED, MB, NF4_BYTES, OVERHEAD_MB, Setting, activation_bytes_per_layer,
+    count_trainable, estimate, parse_count, parse_size, saved_tensors_per_layer, setting_from_recipe,
+    shape_from_config, shape_from_numbers, suggestions, top_activation_bytes, verdict, weight_copy_sizes,
 )
 from leantune.training.losses import TILE_ELEMENTS, unwrap
 
@@ -72,7 +73,8 @@ def test_korthikanti_half_precision_gelu_mha():
     assert cpu == 4 * seq * b * (10 * h + 2 * 256) + b * a * seq * seq * 3 * 4
 
 
-def _backbone_saved(model, params, ids, autocast=False) -> int:
+def _backbone_saved(model, params, ids, autocast=False, below: float | None = None) -> int:
+    """Bytes of the tensors autograd saves in a forward pass (``below``: only those smaller than that)."""
     skip = {p.untyped_storage().data_ptr() for p in params}
     seen: dict[int, int] = {}
 
@@ -85,7 +87,7 @@ def _backbone_saved(model, params, ids, autocast=False) -> int:
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
         model(input_ids=ids)
-    return sum(seen.values())
+    return sum(n for n in seen.values() if below is None or n < below)
 
 
 @pytest.mark.parametrize("method,precision", [("full", "fp32"), ("lora", "fp32"), ("full", "mixed"),
@@ -118,6 +120,75 @@ def test_activation_formula_matches_autograd_llama(method, precision):
     # with frozen embeddings the first layer's input needs no gradient, so its norm input and
     # (autocast) its frozen Q/K/V weight copies are not kept (-1/layers of those terms)
     assert measured == pytest.approx(predicted, rel=0.05)
+
+
+def test_heap_term_counts_small_saved_tensors_under_autocast(monkeypatch):
+    """CPU bf16 autocast: the heap term is HEAP_RETAINED × the bytes of the saved tensors smaller than
+    the engine's mmap threshold; those bytes, per tensor from the formula's shapes, against what autograd
+    keeps in a real Llama backbone (LoRA, bf16 autocast) with the threshold set between the sizes."""
+    import leantune.training.engine as engine
+    from leantune.methods.registry import build_method
+
+    h, f, layers, b, seq = 256, 512, 4, 2, 24
+    cfg = llama_config(hidden_size=h, intermediate_size=f, num_hidden_layers=layers, num_attention_heads=4,
+                       num_key_value_heads=2)
+    torch.manual_seed(0)
+    built = build_method([{"name": "lora", "r": 4, "targets": "all-linear"}])
+    built.set_total_steps(10)
+    model = built.apply(LlamaForCausalLM(cfg), "causal_lm")
+    model.train()
+    ids = torch.randint(0, V, (b, seq))
+    shape = shape_from_config(cfg)
+    # bf16 activations (12-49 KB) and the K/V weight copies (64 KB) below, the Q/O and MLP copies (128-256 KB) above
+    threshold = 100_000
+    measured = _backbone_saved(unwrap(model).model, list(model.parameters()), ids, autocast=True, below=threshold)
+    tensors = saved_tensors_per_layer(shape, b * seq, seq, "mixed", "cpu", "sdpa", False, True)
+    assert max(size for size, _ in tensors) < threshold
+    small_copies = sum(size * n for size, n in weight_copy_sizes(shape) if size < threshold)
+    assert small_copies == 2 * (2 * h * shape.kv_hidden)
+    predicted = layers * (sum(size * n for size, n in tensors) + small_copies)
+    # left out as in the activation test: RMSNorm's 1/rms, LoRA's r-wide inputs; the first layer's frozen
+    # K/V copies and norm input are not kept (its input needs no gradient)
+    assert measured == pytest.approx(predicted, rel=0.06)
+    monkeypatch.setattr(engine, "MMAP_THRESHOLD_BYTES", threshold)
+    setting = dict(method=[{"name": "lora", "r": 4, "targets": "all-linear"}], batch_size=b, seq_len=seq,
+                   device="cpu")
+    mixed = estimate(shape, Setting(**setting, precision="mixed"))
+    assert mixed.components["heap"] == pytest.approx(HEAP_RETAINED * predicted)
+    # the term scales with the tokens while the tensors stay under the threshold; none above it
+    double = estimate(shape, Setting(**{**setting, "batch_size": 2 * b}, precision="mixed"))
+    assert double.components["heap"] - mixed.components["heap"] == pytest.approx(
+        HEAP_RETAINED * layers * sum(size * n for size, n in tensors))
+    monkeypatch.setattr(engine, "MMAP_THRESHOLD_BYTES", 1)
+    assert estimate(shape, Setting(**setting, precision="mixed")).components["heap"] == 0
+    # oneDNN's bf16 kernels: a constant under CPU autocast only; CUDA has no heap term
+    fp32 = estimate(shape, Setting(**setting, precision="fp32"))
+    assert mixed.components["overhead"] - fp32.components["overhead"] == BF16_KERNELS_MB * MB
+    assert fp32.components["overhead"] == OVERHEAD_MB["cpu"] * MB
+    assert "heap" not in estimate(shape, Setting(**{**setting, "device": "cuda"}, precision="mixed")).components
+
+
+def test_qlora_cpu_autocast_keeps_fp32_mlp(llama):
+    """NF4 layers compute in fp32 on CPU (QLoRA's default compute dtype there), so under autocast the
+    MLP's element-wise tensors stay fp32: 4 gated tensors × t·f × 2 B more than with bf16 compute."""
+    base = dict(batch_size=2, seq_len=8, device="cpu", precision="mixed")
+    auto = estimate(llama, Setting(method=[{"name": "qlora", "r": 4}], **base))
+    bf16 = estimate(llama, Setting(method=[{"name": "qlora", "r": 4, "compute_dtype": "bfloat16"}], **base))
+    assert auto.components["activations"] - bf16.components["activations"] == L * 4 * 16 * F * 2
+    assert activation_bytes_per_layer(llama, 16, 8, "mixed", "cpu", "sdpa", False, True, mlp_element=4) \
+        - activation_bytes_per_layer(llama, 16, 8, "mixed", "cpu", "sdpa", False, True) == 4 * 16 * F * 2
+
+
+def test_recipe_precision_on_cpu_is_autocast():
+    """``train.precision: bf16`` on CPU is autocast over fp32 weights (the engine), not pure bf16."""
+    from leantune.recipe import load_recipe
+
+    recipe = load_recipe(raw={"model": "smollm2-135m", "method": "lora", "train": {"precision": "bf16"}})
+    assert setting_from_recipe(recipe, device="cpu").precision == "mixed"
+    assert setting_from_recipe(recipe, device="cuda").precision == "bf16"
+    half = load_recipe(raw={"model": {"name": "smollm2-135m", "dtype": "bfloat16"}, "method": "lora",
+                            "train": {"precision": "bf16"}})
+    assert setting_from_recipe(half, device="cpu").precision == "bf16"  # bf16 weights: pure bf16
 
 
 def test_activation_formula_matches_autograd_bert_dropout():

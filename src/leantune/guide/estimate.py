@@ -17,14 +17,21 @@ The estimate is a sum of components (bytes) at the moment of the peak:
 * ``activations``: the tensors autograd saves for backward in every transformer layer
   (:func:`activation_bytes_per_layer`; Korthikanti et al. 2022, arXiv:2205.05198, counted
   for the model's real shapes, precision and device), with gradient checkpointing each
-  layer's input plus one layer; under autocast also the half-precision weight copies;
+  layer's input plus one layer; under autocast also the half-precision weight copies. QLoRA
+  on CPU under autocast: its NF4 layers return fp32 (their compute dtype), so the MLP's
+  tensors stay fp32;
 * ``logits``: the loss. leantune's causal-LM loss projects only labelled positions and in
   tiles of 2^23 logits (``training/losses.py``), so this is a few tiles, not
   positions × vocabulary; other heads (masked LM, seq2seq) and other trainers
   (``Setting.loss = "full"``) hold full fp32 logits, their log-softmax and its gradient;
 * ``overhead``: the runtime before the model loads. CPU: Python, torch, transformers,
   PEFT, the tokenizer and the data, measured at 564–605 MB RSS in ``pipeline.train``
-  (``benchmarks/estimate_accuracy.py``). CUDA: the CUDA context and allocator slack.
+  (``benchmarks/estimate_accuracy.py``); under bf16 autocast plus oneDNN's bf16 kernels and
+  caches (``BF16_KERNELS_MB``). CUDA: the CUDA context and allocator slack;
+* ``heap`` (CPU): free memory glibc's heap keeps beside the saved tensors smaller than the
+  engine's 1 MiB mmap threshold (:func:`heap_retained_bytes`). Small in fp32 (SmolLM2's K/V);
+  under bf16 autocast half-size tensors fall under the threshold (SmolLM2 LoRA: 267 MB of
+  them, 306 MB retained).
 
 When the peak happens: leantune's engine releases gradients after each optimizer step
 (``zero_grad(set_to_none=True)``), so on CPU (calibrated against peak RSS) the estimate
@@ -34,11 +41,11 @@ during the forward, or all of them under gradient accumulation) and the end of t
 backward pass (all gradients, activations freed). On CUDA the estimate keeps the
 standard sum of all components, the convention of published memory tables.
 
-Not modelled: glibc heap fragmentation on CPU (tensors under the engine's 1 MiB mmap
-threshold come from the heap, which keeps freed holes resident; 0–400 MB measured at
-the peak, see docs/guidance.md), the tokenized dataset held as Python lists (about
-90 B per token), and activation memory of methods that change the forward pass
-(adapters, prefixes) beyond the base model's.
+Not modelled: heap growth when batch shapes vary (each new, longer shape leaves holes the
+next cannot reuse, and oneDNN caches kernels per shape: under bf16 autocast the heap grows
+over the first steps of a run with varying lengths, see docs/guidance.md), the tokenized
+dataset held as Python lists (about 90 B per token), and activation memory of methods that
+change the forward pass (adapters, prefixes) beyond the base model's.
 
 Parameter counts are exact where possible: the model is built on the ``meta``
 device (no memory, no weights read) and the method applied to it.
@@ -61,6 +68,17 @@ NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 # Runtime before the model loads: CPU measured in pipeline.train (564–605 MB RSS over the six
 # estimate_accuracy cases); CUDA: context and allocator slack.
 OVERHEAD_MB = {"cpu": 590.0, "cuda": 600.0}
+# CPU bf16 autocast (precision "mixed" on CPU), both fitted on benchmarks/estimate_accuracy.py's 12 cases
+# (6 × fp32 and bf16 autocast, Xeon with AVX512-BF16 and AMX, 2026-12-02) as measured − estimated =
+# BF16_KERNELS_MB + HEAP_RETAINED × the saved bytes under the mmap threshold (heap_retained_bytes):
+# * BF16_KERNELS_MB: oneDNN's bf16 (AMX / AVX512-BF16) kernels and caches, a constant per process. Cycling
+#   SmolLM2 + LoRA through new batch shapes left ~18 MB more in use in the heap after each step per new
+#   shape (primitive cache; ~8 MB with ONEDNN_PRIMITIVE_CACHE_CAPACITY=0), unchanged when a shape recurs:
+#   one shape's worth plus the JIT code;
+# * HEAP_RETAINED: free heap memory kept per byte of small saved tensors (glibc keeps about as much free
+#   as it has in use: 291 MB free beside 272 MB of such tensors, SmolLM2 LoRA bf16, batch 8 × 94).
+BF16_KERNELS_MB = 50.0
+HEAP_RETAINED = 1.15
 CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2", "gemma3_text", "phi3",
          "olmo", "olmo2", "granite", "cohere", "deepseek_v3", "starcoder2_gated", "smollm3"}
@@ -416,7 +434,8 @@ def formula_trainable(s: ModelShape, method: list[dict], head: str, num_labels: 
 # --------------------------------------------------------------------------- the estimate
 
 def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
-                               attention: str = "sdpa", train_norms: bool = False, adapters: bool = False) -> float:
+                               attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
+                               mlp_element: int | None = None) -> float:
     """Bytes autograd saves for backward in one transformer layer, ``tokens = batch·seq``.
 
     Korthikanti et al. (2022) count ``sbh(34 + 5as/h)`` bytes per layer for a half-precision
@@ -433,7 +452,10 @@ def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: 
       dropped probabilities when attention dropout is on. On CPU attention dropout sends SDPA
       to its math kernel, which keeps all three;
     * MLP: gate, up, activation output and their product (gated, ``4f``) or the activation's
-      input and output (GELU, ``2f``);
+      input and output (GELU, ``2f``), at ``mlp_element`` bytes when given: NF4 layers computing
+      in fp32 (QLoRA's default on CPU) return fp32 outputs even under autocast, so the MLP's
+      element-wise tensors stay fp32 (saved tensors of SmolLM2 QLoRA under bf16 autocast:
+      ``(8, 94, 1536)`` fp32, 397 MB, and 785 MB in all where the formula without it gave 580);
     * norms: their inputs, the residual stream (RMSNorm upcasts to fp32: 4 B); the normalised
       output too when the norm weights train (RMSNorm; LayerNorm recomputes it from its saved
       statistics);
@@ -446,26 +468,58 @@ def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: 
     closed form); for pure half precision, eager attention and dropout on CUDA it equals
     Korthikanti's count exactly.
     """
+    return sum(size * n for size, n in saved_tensors_per_layer(s, tokens, seq, precision, device, attention,
+                                                               train_norms, adapters, mlp_element))
+
+
+def saved_tensors_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
+                            attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
+                            mlp_element: int | None = None) -> list[tuple[float, float]]:
+    """The tensors of :func:`activation_bytes_per_layer`: (bytes of one tensor, tensors per layer).
+    One tensor's size decides where the CPU allocator serves it from (:func:`heap_retained_bytes`)."""
     h, f, kv, t = s.hidden, s.intermediate, s.kv_hidden, tokens
     e = 4 if precision == "fp32" else 2
     r = 4 if precision in ("fp32", "mixed") else 2
     mask = e if device == "cpu" else 1
     mlp_inputs = 2 if s.gated_mlp else 1
     copies = (3 + mlp_inputs + (1 if adapters else 0)) if precision == "mixed" else 2
-    linear_inputs = copies * t * h * e
-    attn = t * e * (2 * h + 2 * kv)
     batch = tokens / max(seq, 1)
     dropout = s.attn_dropout > 0
+    out = [(t * h * e, copies), (t * h * e, 2), (t * kv * e, 2)]  # linear inputs; Q, attention output; K, V
     if attention == "eager" or (device == "cpu" and dropout):
-        scores = batch * s.heads * seq * seq * (e + ((mask + e) if dropout else 0))
+        scores = batch * s.heads * seq * seq
+        out += [(scores * e, 1)] + ([(scores * mask, 1), (scores * e, 1)] if dropout else [])
     else:
-        scores = batch * s.heads * seq * 4
-    mlp = t * f * e * (4 if s.gated_mlp else 2)
-    norms = 2 * t * h * (4 if s.norm == "rms" else r)
+        out.append((batch * s.heads * seq * 4, 1))  # SDPA's row log-sum-exp
+    out.append((t * f * (mlp_element or e), 4 if s.gated_mlp else 2))
+    out.append((t * h * (4 if s.norm == "rms" else r), 2))
     if train_norms and s.norm == "rms":
-        norms += 2 * t * h * r
-    masks = 2 * t * h * mask if s.hidden_dropout > 0 else 0
-    return linear_inputs + attn + scores + mlp + norms + masks
+        out.append((t * h * r, 2))
+    if s.hidden_dropout > 0:
+        out.append((t * h * mask, 2))
+    return out
+
+
+def weight_copy_sizes(s: ModelShape) -> list[tuple[float, float]]:
+    """Autocast's half-precision copies of one layer's block linears: (bytes of one copy, copies per
+    layer) from the layer's shapes: Q and O ``h×h``, K and V ``h×h_kv``, the MLP's ``h×f``."""
+    return [(2 * s.hidden * s.hidden, 2), (2 * s.hidden * s.kv_hidden, 2),
+            (2 * s.hidden * s.intermediate, 3 if s.gated_mlp else 2)]
+
+
+def heap_retained_bytes(tensors: list[tuple[float, float]], threshold: float) -> float:
+    """What glibc's heap keeps resident for saved tensors smaller than the mmap threshold.
+
+    The engine (``training/engine.py: return_freed_memory_to_os``) serves blocks of 1 MiB and
+    more from mmap, returned to the OS when freed; smaller ones come from the heap, which keeps
+    the holes they leave (and those of the backward pass's equally small gradients) resident.
+    Under bf16 autocast most of a small model's saved tensors are half the size and fall under
+    the threshold: SmolLM2 LoRA at batch 8 × 94 keeps 272 MB of saved tensors below 1 MiB
+    (formula 267 MB) against 39 MB in fp32, and glibc's heap at the end of the forward pass
+    held 291 MB free beside them (fp32: 155 MB). ``HEAP_RETAINED`` × those bytes, fitted on the
+    12 cases of ``benchmarks/estimate_accuracy.py`` (fp32 and bf16 autocast).
+    """
+    return HEAP_RETAINED * sum(size * n for size, n in tensors if size < threshold)
 
 
 def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool) -> float:
@@ -521,10 +575,13 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
     base_trained = bool(set(names) & BASE_TRAINING)
     tb = wb if base_trained else 4  # PEFT keeps adapter weights in fp32
     frozen = max(total - trainable, 0)
+    qcfg = next((m for m in setting.method if m["name"] == "qlora"), {})
+    # NF4 layers compute in bnb's compute dtype: fp32 on CPU by default (methods/qlora.py), bf16 on CUDA
+    nf4_fp32 = quant == "nf4" and qcfg.get("compute_dtype", "auto") in (("auto", "float32") if cpu else ("float32",))
     if quant == "nf4":
         q = min(shape.quantizable_params, frozen)
         largest = shape.hidden * max(shape.intermediate, shape.hidden)
-        compute = 4 if setting.precision == "fp32" else 2
+        compute = 4 if setting.precision == "fp32" or nf4_fp32 else 2
         weights = q * NF4_BYTES[setting.double_quant] + (frozen - q) * wb + min(largest, q) * compute
         notes.append(f"NF4{' + double quantization' if setting.double_quant else ''}: "
                      f"{NF4_BYTES[setting.double_quant]:.4f} B per quantized weight ({q:,} weights)")
@@ -541,26 +598,42 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
     tokens = setting.batch_size * setting.seq_len
     train_norms = "full" in names or "ln_tuning" in names
     adapters = bool(set(names) & {"lora", "qlora", "adalora"})
-    per_layer = activation_bytes_per_layer(shape, tokens, setting.seq_len, setting.precision, setting.device,
-                                           setting.attention, train_norms, adapters)
+    mlp_element = 4 if nf4_fp32 and setting.precision == "mixed" else None  # fp32 NF4 outputs under autocast
+    tensors = saved_tensors_per_layer(shape, tokens, setting.seq_len, setting.precision, setting.device,
+                                      setting.attention, train_norms, adapters, mlp_element)
+    per_layer = sum(size * n for size, n in tensors)
     top = top_activation_bytes(shape, tokens, setting.precision, setting.device, train_norms)
+    layers = max(shape.layers, 1)
     if setting.gradient_checkpointing:
         r = 4 if setting.precision in ("fp32", "mixed") else 2
         acts = shape.layers * r * tokens * shape.hidden + per_layer + top
+        kept = [(r * tokens * shape.hidden, shape.layers)] + tensors  # layer inputs + the recomputed layer
         notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
     else:
         acts = shape.layers * per_layer + top
+        kept = [(size, n * shape.layers) for size, n in tensors]
     if setting.precision == "mixed" and quant != "nf4":  # autocast's half-precision weight copies, kept for
         copies = shape.linear_params * 2  # backward; with checkpointing only the recomputed layer's
-        acts += copies / max(shape.layers, 1) if setting.gradient_checkpointing else copies
+        acts += copies / layers if setting.gradient_checkpointing else copies
+        # the copies' sizes from the layer's shapes, scaled to the exact count
+        scale = shape.linear_params / layers / max(sum(size / 2 * n for size, n in weight_copy_sizes(shape)), 1)
+        kept += [(size * scale, n * (1 if setting.gradient_checkpointing else layers))
+                 for size, n in weight_copy_sizes(shape)]
         notes.append("mixed precision: half-precision weight copies saved for backward")
     logits, head_grad = loss_bytes(shape, setting, head, counts)
     overhead_mb = setting.overhead_mb if setting.overhead_mb is not None else OVERHEAD_MB.get(setting.device,
                                                                                             OVERHEAD_MB["cpu"])
+    if setting.overhead_mb is None and cpu and setting.precision == "mixed":
+        overhead_mb += BF16_KERNELS_MB
+        notes.append(f"CPU bf16 autocast: + {BF16_KERNELS_MB:.0f} MB for oneDNN's bf16 kernels and caches")
     overhead = overhead_mb * MB
     grads = trainable * tb
     components = {"weights": weights, "trainable": grads, "gradients": grads, "optimizer": trainable * opt,
                   "activations": acts, "logits": logits, "overhead": overhead}
+    if cpu:  # glibc's heap keeps the holes of tensors under the engine's mmap threshold
+        from ..training.engine import MMAP_THRESHOLD_BYTES
+
+        components["heap"] = heap_retained_bytes(kept, MMAP_THRESHOLD_BYTES)
     if cpu:  # the larger of the end of the forward and the end of the backward pass
         forward_grads = grads if setting.grad_accum > 1 else head_grad
         if forward_grads + acts + logits >= grads:

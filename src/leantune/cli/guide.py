@@ -1,0 +1,146 @@
+"""Guidance: estimate memory, advise an approach, compare methods or stages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Column, Table
+
+from ..errors import LeantuneError
+from .app import app, console, detail_table, quiet_libraries, user_errors
+
+
+
+def _mb(b: float) -> str:
+    return f"{b / 2**20:,.0f} MB" if b < 10 * 2**30 else f"{b / 2**30:,.1f} GB"
+
+
+@app.command()
+@user_errors
+def estimate(
+        model: Optional[str] = typer.Argument(None, help="Packaged name, model folder or config.json (or raw numbers)."),
+        method: str = typer.Option("lora", "--method", "-m", help="Method, or a composition a+b."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 or mixed (fp32 weights, half activations)."),
+        quant: str = typer.Option("none", "--quant", help="none or nf4 (qlora implies nf4)."),
+        double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant"),
+        optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, sgd."),
+        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+        seq_len: int = typer.Option(512, "--seq-len", "--max-length", "-s", min=1, help="Tokens per sequence (the recipe's train.max_length)."),
+        checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing"),
+        label_fraction: float = typer.Option(1.0, "--label-fraction", min=0.0, max=1.0,
+                                             help="Share of positions with labels (logits are computed there only)."),
+        head: Optional[str] = typer.Option(None, "--head", help="causal_lm, seq_cls, masked_lm, seq2seq."),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda (sets the runtime overhead)."),
+        budget: str = typer.Option("24GB", "--budget", help="Memory budget, e.g. 24GB, 512MB."),
+        params: Optional[str] = typer.Option(None, "--params", help="Raw numbers: parameter count, e.g. 7B."),
+        layers: int = typer.Option(0, "--layers"), hidden: int = typer.Option(0, "--hidden"),
+        vocab: int = typer.Option(32000, "--vocab"), heads: int = typer.Option(0, "--heads"),
+        intermediate: Optional[int] = typer.Option(None, "--intermediate"),
+        kv_heads: Optional[int] = typer.Option(None, "--kv-heads"),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table.")):
+    """Estimate peak training memory: weights, trainable, gradients, optimizer, activations, logits."""
+    quiet_libraries()
+    from ..guide.estimate import Setting, load_shape, parse_size, shape_from_numbers, suggestions, verdict
+    from ..guide.estimate import estimate as run_estimate
+
+    if model is None and not (layers and hidden and heads):
+        raise LeantuneError("estimate: give a model, or raw numbers --layers --hidden --heads (--params --vocab)")
+    try:
+        shape = load_shape(model, head) if model else shape_from_numbers(
+            params, layers, hidden, vocab, heads, intermediate, kv_heads)
+        setting = Setting(method=[{"name": n} for n in method.split("+")], precision=precision, quant=quant,
+                          double_quant=double_quant, optimizer=optimizer, batch_size=batch_size, seq_len=seq_len,
+                          gradient_checkpointing=checkpointing, label_fraction=label_fraction, head=head,
+                          device=device)
+        est = run_estimate(shape, setting)
+        limit = parse_size(budget)
+    except (ValueError, KeyError) as exc:
+        raise LeantuneError(f"estimate: {exc}") from None
+    if as_json:
+        console.print_json(json.dumps({**est.as_dict(), "budget_bytes": limit, "verdict": verdict(est, limit)}))
+        return
+    # the setting as a heading that wraps at words (a table title would wrap at the narrow table's width)
+    console.print(f"[bold]{escape(shape.name)}[/] · {est.method} · {precision}"
+                  f"{' · nf4' if est.setting['quant'] == 'nf4' else ''} · {optimizer} · batch {batch_size} × {seq_len}"
+                  f"{' · checkpointing' if checkpointing else ''}", highlight=False)
+    table = Table("component", Column("memory", justify="right"))
+    for key, value in est.components.items():
+        table.add_row(key, _mb(value))
+    table.add_row("[bold]total", f"[bold]{_mb(est.total)}")
+    console.print(table)
+    pct = 100 * est.trainable_params / max(est.total_params, 1)
+    console.print(f"trainable parameters: {est.trainable_params:,} of {est.total_params:,} ({pct:.3f}%)\n"
+                  f"parameter count: {'exact (meta-device model)' if est.count_source == 'meta' else 'closed-form'}",
+                  highlight=False)
+    for note in est.notes:
+        console.print(f"[dim]{escape(note)}", highlight=False)
+    v = verdict(est, limit)
+    color = {"fits": "green", "tight": "yellow"}.get(v, "red")
+    console.print(f"verdict against {budget}: [bold {color}]{v}[/]")
+    if v != "fits":
+        for line in suggestions(shape, setting, limit):
+            console.print(f"  try {escape(line)}", highlight=False)
+
+
+@app.command()
+@user_errors
+def advise(
+        task: str = typer.Option("classification", "--task", help="classification, generation, extraction, summarization, qa."),
+        labelled: int = typer.Option(..., "--labelled", "-n", min=0, help="Number of labelled examples."),
+        unlabelled: bool = typer.Option(False, "--unlabelled/--no-unlabelled", help="Unlabelled in-task text is available."),
+        low_resource: bool = typer.Option(False, "--low-resource/--no-low-resource",
+                                          help="Low-resource language or specialised domain."),
+        tasks: int = typer.Option(1, "--tasks", min=1, help="Number of tasks to serve from one base model."),
+        memory: str = typer.Option("24GB", "--memory", help="Memory budget, e.g. 24GB."),
+        time_h: Optional[float] = typer.Option(None, "--time", help="Time budget in hours."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model (default: minilm-l6 / smollm2-135m)."),
+        data: str = typer.Option("train.jsonl", "--data", help="Training file written into the recipes."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write one recipe per approach into this folder.")):
+    """Rank approaches for your data and budget; write a ready recipe for each (--out)."""
+    from ..guide.advisor import TASKS, Situation
+    from ..guide.advisor import advise as run_advise
+    from ..guide.estimate import parse_size
+
+    if task not in TASKS:
+        raise LeantuneError(f"advise: --task {task!r}; one of {', '.join(TASKS)}")
+    quiet_libraries()
+    situation = Situation(task=task, labelled=labelled, unlabelled=unlabelled, low_resource=low_resource,
+                          tasks=tasks, memory_budget=parse_size(memory), time_budget_h=time_h, model=model)
+    rows = []
+    for i, a in enumerate(run_advise(situation, out, data), 1):
+        mem = "" if a.memory_mb is None else f"{a.memory_mb:,.0f} MB" + ("" if a.fits else " (over)")
+        rows.append(([(f"{i}. {a.approach}", "bold"), f"score {a.score}", mem],
+                     [*a.reasons, (a.note, "red"), (a.recipe and f"recipe: {a.recipe}", "dim")]))
+    console.print(detail_table("approach", "why", rows, title=f"{task}, {labelled:,} labelled examples, "
+                                                                 f"budget {memory}"))
+
+
+@app.command()
+@user_errors
+def compare(recipe: Path = typer.Argument(..., help="Recipe YAML file: model, data, stage, budget."),
+            methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated, e.g. lora,bitfit,adapter,full."),
+            stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, e.g. cls,pet,icl."),
+            out: Path = typer.Option(Path("runs/compare"), "--out", help="Output folder (resumable)."),
+            overrides: list[str] = typer.Argument(None, help="key.path=value overrides applied to every run."),
+            isolate: bool = typer.Option(True, "--isolate/--in-process", help="One process per run (own peak memory).")):
+    """Train the same recipe with several methods (or stages); table and charts in --out."""
+    quiet_libraries()
+    from ..guide.compare import compare as run_compare
+    from ..recipe import load_recipe
+
+    raw = load_recipe(recipe, overrides or []).model_dump(mode="json")
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    result = run_compare(raw, methods=split(methods), stages=split(stages), out_dir=out, base_dir=recipe.parent,
+                         isolate=isolate, say=lambda m: console.print(m, highlight=False))
+    table = Table("variant", result.metric or "metric", "trainable", "wall s", "peak MB", "estimated MB", "status")
+    for r in result.rows:
+        table.add_row(r["variant"], "" if r["metric"] is None else f"{r['metric']:.4f}",
+                      "" if r["trainable_params"] is None else f"{r['trainable_params']:,}",
+                      "" if r["wall_time_s"] is None else f"{r['wall_time_s']:.1f}",
+                      "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+                      "" if r["estimate_mb"] is None else f"{r['estimate_mb']:.0f}", escape(r["status"]))
+    console.print(table)
+    console.print(f"table: [bold]{out / 'compare.md'}[/]; charts: {', '.join(c.name for c in result.charts) or 'none'}")

@@ -1,0 +1,175 @@
+"""Commands on one run: train, demo, eval, chat, merge."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import LeantuneError
+from .app import app, console, quiet_libraries, user_errors
+
+
+def _print_summary(s) -> None:
+    table = Table(title=f"run {s.name}", show_header=True)
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key, value in (s.eval_after or {}).items():
+        b = (s.eval_before or {}).get(key)
+        table.add_row(key, "" if b is None else f"{b:.4f}", f"{value:.4f}")
+    console.print(table)
+    for prompt, before, after in s.samples:
+        console.print(f"\n[bold]Q:[/] {prompt}")
+        console.print(f"[dim]before:[/] {before}", highlight=False)
+        console.print(f"[green]after:[/]  {after}", highlight=False)
+    pct = 100 * s.trainable_params / max(s.total_params, 1)
+    console.print(
+        f"\ntrainable parameters: {s.trainable_params:,} of {s.total_params:,} ({pct:.3f}%)\n"
+        f"steps: {s.steps}   wall time: {s.wall_time_s:.1f} s   tokens/s: {s.tokens_per_s:.0f}   "
+        f"precision: {s.precision}\n{s.memory_kind}: {s.peak_memory_mb:.0f} MB\n"
+        f"run directory: [bold]{s.run_dir}[/]  (report: {s.run_dir}/report.md)", highlight=False, soft_wrap=True,
+    )
+
+
+def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: bool, raw: dict | None = None) -> None:
+    from ..data.paths import check_data_files
+    from ..models.safety import check_model_folder
+    from ..recipe import load_recipe
+    from ..run_dir import check_run_dir
+
+    # everything the user wrote is checked before torch loads: errors in a second
+    recipe = load_recipe(recipe_path, overrides, raw=raw)
+    base_dir = recipe_path.parent if recipe_path else None
+    check_run_dir(recipe, resume)
+    model_dir = Path(recipe.model.name).expanduser()
+    if (model_dir / "config.json").is_file():
+        check_model_folder(model_dir, recipe.model.trust_remote_code)
+    d = recipe.data
+    check_data_files(d.train, d.eval, d.format, d.skip_invalid, base_dir)
+    quiet_libraries()
+    from ..pipeline import train
+
+    summary = train(recipe, resume=resume, base_dir=base_dir, progress=True,
+                    say=lambda m: console.print(m, highlight=False))
+    _print_summary(summary)
+
+
+@app.command()
+@user_errors
+def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+          overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
+          resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint.")):
+    """Train: load the recipe, apply the method, run the stage, write the run directory."""
+    _run_training(recipe, overrides or [], resume)
+
+
+@app.command()
+@user_errors
+def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo recipe.")):
+    """Fine-tune SmolLM2-135M with LoRA on the built-in shell-help data; print command accuracy before/after."""
+    quiet_libraries()
+    from ..demo import print_report, run_demo
+
+    result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                      progress=True)
+    _print_summary(result.summary)
+    print_report(result, console)
+
+
+@app.command("eval")
+@user_errors
+def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead.")):
+    """Evaluate a finished run (loss and perplexity; accuracy and macro-F1 for cls)."""
+    from ..run_dir import read_run_files
+
+    read_run_files(run_dir)
+    quiet_libraries()
+    from ..export.run_loading import load_run
+    from ..pipeline import load_data
+    from ..stages.registry import build_stage
+
+    run = load_run(run_dir)
+    recipe = run.recipe
+    if data is not None:
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"eval": str(data)})})
+    stage = build_stage(recipe.stage)
+    stage.head_name = run.head
+    if recipe.stage["name"] in ("cls", "pet"):  # the label order the run was trained with
+        stage.config.labels = run.labels
+    if data is not None:  # only this file: the recorded train path may be relative to the recipe's folder
+        from ..data.formats import FORMATS, load_examples
+
+        loaded = load_examples(data, recipe.data.format, skip_invalid=recipe.data.skip_invalid)
+        if FORMATS[loaded.format].kind not in stage.data_kinds:
+            raise LeantuneError(f"{data}: '{loaded.format}' data does not fit the run's stage '{stage.name}'")
+        eval_examples = loaded.examples
+    else:
+        _, eval_examples = load_data(recipe, stage, None, lambda m: console.print(m))
+    prepared = stage.prepare(recipe, run.tokenizer, [], eval_examples)
+    if not prepared.eval:
+        raise LeantuneError(f"{run_dir}: no evaluation data (pass --data FILE)")
+    if hasattr(stage, "load_extra"):  # what the stage trained beside the method (pet: words, soft prompt)
+        stage.load_extra(run.model, run.run_dir / "adapter")
+    metrics = stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
+    console.print_json(json.dumps(metrics))
+
+
+@app.command()
+@user_errors
+def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer once and exit."),
+         max_new_tokens: int = typer.Option(256, help="Longest answer in tokens.")):
+    """Talk to a trained model (interactive; --prompt answers once)."""
+    from ..run_dir import read_run_files
+
+    read_run_files(run_dir)
+    quiet_libraries()
+    from ..evaluation.generate import generate_answer
+    from ..export.run_loading import load_run
+
+    run = load_run(run_dir)
+    if run.head not in ("causal_lm",):
+        raise LeantuneError(f"{run_dir}: chat needs a generative (causal LM) run, this one is {run.head}")
+    template = run.recipe.data.template
+    if prompt is not None:
+        console.print(generate_answer(run.model, run.tokenizer, [{"role": "user", "content": prompt}],
+                                      template, max_new_tokens), highlight=False)
+        return
+    history: list[dict] = []
+    console.print("[dim]empty line or Ctrl-D to quit; /reset clears the history[/]")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        if line == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": line})
+        answer = generate_answer(run.model, run.tokenizer, history, template, max_new_tokens)
+        history.append({"role": "assistant", "content": answer})
+        console.print(f"[green]model>[/] {answer}", highlight=False)
+
+
+@app.command()
+@user_errors
+def merge(run_dir: Path, out_dir: Path,
+          force: bool = typer.Option(False, "--force", help="Replace an existing OUT_DIR (never the run, the "
+                                     "current folder, home or a parent of them).")):
+    """Fold the adapter into the base weights: a plain Hugging Face folder."""
+    from ..atomic import check_output
+    from ..run_dir import read_run_files
+
+    read_run_files(run_dir)
+    check_output(out_dir, force=force, sources=(run_dir,), what="merged model")
+    quiet_libraries()
+    from ..export.merge import merge_run
+
+    out, notes = merge_run(run_dir, out_dir, force=force)
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {note}")
+    console.print(f"merged model written to [bold]{out}[/]")
