@@ -20,7 +20,7 @@ GPU memory tables (LLaMA-Factory's README "hardware requirement", torchtune's RE
 memory table), with the conditions and whether they are stated or assumed
 (``PUBLISHED``). Their figures are quoted, not re-measured.
 
-    .venv/bin/python benchmarks/estimate_accuracy.py            # full run: 6 cases × 2 seeds, ~8 min on 2 idle cores
+    .venv/bin/python benchmarks/estimate_accuracy.py            # full run: 6 cases × each precision × 2 seeds
     .venv/bin/python benchmarks/estimate_accuracy.py --quick    # 1 seed, 4 examples, batch 4, max length 64: ~4 min
     .venv/bin/python benchmarks/estimate_accuracy.py --only minilm-l6/lora --only minilm-l6/full --update
         # re-measure those cases and replace their rows in the existing --out file (listed under "updates")
@@ -31,7 +31,9 @@ Sizes: 8 examples, batch 8 (one batch per epoch), max length 128, 2 optimizer st
 second step runs the same longest batch (the one the estimate sizes) once the optimizer
 states exist, which is where the peak is. Timing, measured at 1 thread on a busy shared
 core: 60–95 s per SmolLM2 process and 40–50 s per MiniLM process (start, load, 2 steps,
-save), 13 min for the 12 processes; on 2 idle cores (2 threads) 1.5–2× faster, ~8 min.
+save), 13 min for the 12 processes of fp32 alone; on 2 idle cores (2 threads) 1.5–2× faster.
+On a Xeon with AMX (2026-12-02, 1 thread): 13–20 s per SmolLM2 process, 7–9 s per MiniLM
+process, 5 min for the 24 processes of fp32 and bf16 autocast.
 Peak RSS does not depend on the thread count beyond a few MB of per-thread buffers.
 """
 from __future__ import annotations

@@ -42,8 +42,9 @@ backward pass (all gradients, activations freed). On CUDA the estimate keeps the
 standard sum of all components, the convention of published memory tables.
 
 Not modelled: heap growth when batch shapes vary (each new, longer shape leaves holes the
-next cannot reuse, and oneDNN caches kernels per shape: under bf16 autocast the heap grows
-over the first steps of a run with varying lengths, see docs/guidance.md), the tokenized
+next cannot reuse, and oneDNN caches kernels per shape: under bf16 autocast the heap grew
+through the whole 96-step demo, 33 distinct lengths, to 3.9 GB peak RSS against 2.55 GB
+estimated, see docs/guidance.md), the tokenized
 dataset held as Python lists (about 90 B per token), and activation memory of methods that
 change the forward pass (adapters, prefixes) beyond the base model's.
 
