@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 

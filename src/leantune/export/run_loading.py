@@ -1,7 +1,6 @@
 """Reload a finished run: the base model plus the trained method, ready to use."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,7 +8,7 @@ those whose memory estimate exceeds the budget are marked and sink.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
