@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import RecipeError
+from ..validation import format_validation_error
 
 Family = Literal["specification", "addition", "reparameterization", "hybrid"]
 ALL_ARCHITECTURES = "all (Llama, Qwen2, GPT-2, BERT, T5)"
@@ -399,8 +400,6 @@ def validated(model: type[BaseModel], settings: dict[str, Any], source: str, con
     try:
         return model.model_validate(settings)
     except ValidationError as err:
-        from ..recipe import format_validation_error
-
         raise RecipeError(format_validation_error(err, model, source, marks, context=context)) from None
 
 
