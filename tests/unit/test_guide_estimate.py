@@ -10,11 +10,14 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from leantune.cli import app
-from leantune.guide.estimate import (
-    BF16_KERNELS_MB, HEAP_RETAINED, MB, NF4_BYTES, OVERHEAD_MB, Setting, activation_bytes_per_layer,
-    count_trainable, estimate, parse_count, parse_size, saved_tensors_per_layer, setting_from_recipe,
-    shape_from_config, shape_from_numbers, suggestions, top_activation_bytes, verdict, weight_copy_sizes,
+from leantune.guide.activations import (
+    HEAP_RETAINED, activation_bytes_per_layer, saved_tensors_per_layer, top_activation_bytes, weight_copy_sizes,
 )
+from leantune.guide.estimate import (
+    BF16_KERNELS_MB, NF4_BYTES, OVERHEAD_MB, Setting, count_trainable, estimate, setting_from_recipe, suggestions,
+    verdict,
+)
+from leantune.guide.model_shape import MB, parse_count, parse_size, shape_from_config, shape_from_numbers
 from leantune.training.losses import TILE_ELEMENTS, unwrap
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -43,7 +43,8 @@ def estimate(
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table.")):
     """Estimate peak training memory: weights, trainable, gradients, optimizer, activations, logits."""
     quiet_libraries()
-    from ..guide.estimate import Setting, load_shape, parse_size, shape_from_numbers, suggestions, verdict
+    from ..guide.estimate import Setting, suggestions, verdict
+    from ..guide.model_shape import load_shape, parse_size, shape_from_numbers
     from ..guide.estimate import estimate as run_estimate
 
     if model is None and not (layers and hidden and heads):
@@ -102,7 +103,7 @@ def advise(
     """Rank approaches for your data and budget; write a ready recipe for each (--out)."""
     from ..guide.advisor import TASKS, Situation
     from ..guide.advisor import advise as run_advise
-    from ..guide.estimate import parse_size
+    from ..guide.model_shape import parse_size
 
     if task not in TASKS:
         raise LeantuneError(f"advise: --task {task!r}; one of {', '.join(TASKS)}")

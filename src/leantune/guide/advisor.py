@@ -243,7 +243,8 @@ def recipe_for(approach: str, situation: Situation, data: str = "train.jsonl") -
 
 def memory_for(approach: str, situation: Situation) -> float | None:
     """Estimated peak bytes of the approach's recipe (ICL: a forward pass, no training state)."""
-    from .estimate import Setting, estimate, load_shape
+    from .estimate import Setting, estimate
+    from .model_shape import load_shape
 
     method = {"icl": "lora", "pet": "lora", "self_training": "lora", "continued_pretraining": "lora",
               "llrd": "full"}.get(approach, approach)

