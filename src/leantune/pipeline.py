@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,8 +23,8 @@ from .evaluation.generate import generate_answers
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .recipe import Recipe
-from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
 from .report.run_report import write_report
+from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
 from .stages.registry import build_stage
 from .training.engine import Engine, count_total_steps, seed_everything
 
@@ -149,60 +150,52 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     model = method.apply(model, stage.head_name)
     model = stage.attach(model)
     with open_run_dir(run_dir, resume, say):
-        return _train_into(run_dir, recipe, stage, method, model, tokenizer, data, model_path, resume, progress,
-                           say, before, answers_before, prompts, estimate)
+        meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
+                "labels": data.labels}
+        atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
+        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+        if resume and not has_checkpoints(run_dir):
+            say(f"[yellow]--resume: {run_dir} has no checkpoint yet (it stopped before train.save_steps); "
+                f"training starts from step 0")
+        trainable, total = count_parameters(model)
+        say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+        if stage.custom_loop:  # stages with their own loop (PPO) or a TRL trainer (DPO, GRPO, RLOO)
+            model, result = stage.run(model, recipe=recipe, run_dir=run_dir, data=data, method=method,
+                                      tokenizer=tokenizer, progress=progress, resume=resume, say=say)
+            precision = stage.precision
+        else:
+            engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
+                            evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
+                            after_backward=method.after_backward, progress=progress,
+                            param_groups=method.param_groups)
+            result = engine.fit(resume=resume)
+            precision = engine.precision
 
-
-def _train_into(run_dir: Path, recipe: Recipe, stage, method, model, tokenizer, data, model_path: Path,
-                resume: bool, progress: bool, say: Callable[[str], None], before, answers_before, prompts,
-                estimate) -> RunSummary:
-    eval_bs = recipe.eval.batch_size
-    meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
-            "labels": data.labels}
-    atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-    if resume and not has_checkpoints(run_dir):
-        say(f"[yellow]--resume: {run_dir} has no checkpoint yet (it stopped before train.save_steps); "
-            f"training starts from step 0")
-    trainable, total = count_parameters(model)
-    say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
-    if stage.custom_loop:  # stages with their own loop (PPO) or a TRL trainer (DPO, GRPO, RLOO)
-        model, result = stage.run(model, recipe=recipe, run_dir=run_dir, data=data, method=method,
-                                  tokenizer=tokenizer, progress=progress, resume=resume, say=say)
-        precision = stage.precision
-    else:
-        engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
-                        evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
-                        after_backward=method.after_backward, progress=progress,
-                        param_groups=method.param_groups)
-        result = engine.fit(resume=resume)
-        precision = engine.precision
-
-    after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}
-    answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
-                                     recipe.eval.max_new_tokens) if prompts else []
-    with atomic_dir(run_dir / "adapter", force=True) as tmp:
-        method.save(model, tmp)
-        stage.save_extra(model, tmp)
-        tokenizer.save_pretrained(tmp)
-    peak, kind = peak_memory_mb()
-    summary = RunSummary(
-        name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,
-        method="+".join(m["name"] for m in recipe.method), stage=stage.name,
-        trainable_params=trainable, total_params=total, train_examples=len(data.train),
-        eval_examples=len(data.eval), steps=result.steps, wall_time_s=result.wall_time_s,
-        tokens_per_s=result.tokens_per_s, precision=precision, peak_memory_mb=peak, memory_kind=kind,
-        eval_before=before, eval_after=after, samples=list(zip(prompts, answers_before or [""] * len(prompts),
-                                                              answers_after)),
-        history=result.history,
-        estimate_mb=estimate["total_mb"] if estimate else None, estimate=estimate,
-    )
-    write_report(run_dir, summary.as_dict())
-    if details := getattr(stage, "eval_details", None):  # e.g. continual's accuracy matrix
-        written = json.loads((run_dir / "eval.json").read_text())
-        atomic_write_text(run_dir / "eval.json", json.dumps({**written, **details}, indent=2, default=str))
-    atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
-    return summary
+        after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}
+        answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
+                                         recipe.eval.max_new_tokens) if prompts else []
+        with atomic_dir(run_dir / "adapter", force=True) as tmp:
+            method.save(model, tmp)
+            stage.save_extra(model, tmp)
+            tokenizer.save_pretrained(tmp)
+        peak, kind = peak_memory_mb()
+        summary = RunSummary(
+            name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,
+            method="+".join(m["name"] for m in recipe.method), stage=stage.name,
+            trainable_params=trainable, total_params=total, train_examples=len(data.train),
+            eval_examples=len(data.eval), steps=result.steps, wall_time_s=result.wall_time_s,
+            tokens_per_s=result.tokens_per_s, precision=precision, peak_memory_mb=peak, memory_kind=kind,
+            eval_before=before, eval_after=after, samples=list(zip(prompts, answers_before or [""] * len(prompts),
+                                                                  answers_after)),
+            history=result.history,
+            estimate_mb=estimate["total_mb"] if estimate else None, estimate=estimate,
+        )
+        write_report(run_dir, summary.as_dict())
+        if details := getattr(stage, "eval_details", None):  # e.g. continual's accuracy matrix
+            written = json.loads((run_dir / "eval.json").read_text())
+            atomic_write_text(run_dir / "eval.json", json.dumps({**written, **details}, indent=2, default=str))
+        atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
+        return summary
 
 
 def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], None]) -> dict | None:
@@ -227,32 +220,25 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
     """Stages that do not train (``trains = False``, e.g. in-context learning): evaluate the
     base model once, write ``eval.json`` (metrics and the stage's ``eval_details``), no method."""
     with open_run_dir(run_dir, False, say):
-        return _evaluate_into(run_dir, recipe, stage, model, data, model_path, say)
-
-
-def _evaluate_into(run_dir: Path, recipe: Recipe, stage, model, data, model_path: Path,
-                   say: Callable[[str], None]) -> RunSummary:
-    import time
-
-    meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
-            "labels": data.labels}
-    atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-    say(f"stage {stage.name} does not train: the method ({'+'.join(m['name'] for m in recipe.method)}) is not applied")
-    t0 = time.perf_counter()
-    metrics = stage.evaluate(model, data.eval, recipe.eval.batch_size) if data.eval else {}
-    wall = time.perf_counter() - t0
-    details = getattr(stage, "eval_details", None) or {}
-    _, total = count_parameters(model)
-    peak, kind = peak_memory_mb()
-    summary = RunSummary(
-        name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name, method="none", stage=stage.name,
-        trainable_params=0, total_params=total, train_examples=len(data.train), eval_examples=len(data.eval),
-        wall_time_s=wall, precision="fp32", peak_memory_mb=peak, memory_kind=kind, eval_after=metrics,
-        notes=[f"{stage.name}: no training; evaluation of the base model"],
-    )
-    write_report(run_dir, summary.as_dict())  # writes eval.json {before, after}; extended below
-    atomic_write_text(run_dir / "eval.json", json.dumps(
-        {"before": None, "after": metrics, "metrics": metrics, "wall_time_s": wall, **details}, indent=2, default=str))
-    atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
-    return summary
+        meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
+                "labels": data.labels}
+        atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
+        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+        say(f"stage {stage.name} does not train: the method ({'+'.join(m['name'] for m in recipe.method)}) is not applied")
+        t0 = time.perf_counter()
+        metrics = stage.evaluate(model, data.eval, recipe.eval.batch_size) if data.eval else {}
+        wall = time.perf_counter() - t0
+        details = getattr(stage, "eval_details", None) or {}
+        _, total = count_parameters(model)
+        peak, kind = peak_memory_mb()
+        summary = RunSummary(
+            name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name, method="none", stage=stage.name,
+            trainable_params=0, total_params=total, train_examples=len(data.train), eval_examples=len(data.eval),
+            wall_time_s=wall, precision="fp32", peak_memory_mb=peak, memory_kind=kind, eval_after=metrics,
+            notes=[f"{stage.name}: no training; evaluation of the base model"],
+        )
+        write_report(run_dir, summary.as_dict())  # writes eval.json {before, after}; extended below
+        atomic_write_text(run_dir / "eval.json", json.dumps(
+            {"before": None, "after": metrics, "metrics": metrics, "wall_time_s": wall, **details}, indent=2, default=str))
+        atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
+        return summary

@@ -6,12 +6,13 @@ carries its GGUF quantization config, so the model is rebuilt from a clean confi
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from ..atomic import replace_path
 
 READY_MARK = ".leantune-ready"
 
@@ -44,9 +45,7 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / READY_MARK).write_text(gguf_file.name + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_path(tmp, target)  # a stale, unfinished conversion in our cache is moved aside, then removed
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
