@@ -202,6 +202,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         path_keys, value = parse_override(text)
         apply_override(raw, path_keys, value)
         marks = {k: v for k, v in marks.items() if k[: len(path_keys)] != tuple(path_keys)}
+        marks[tuple(path_keys)] = f"override {text}"  # an error in this value names the override
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:

@@ -51,7 +51,7 @@ def format_validation_error(err: ValidationError, model_cls: type[BaseModel], so
         loc = tuple(e["loc"])
         where = ".".join(str(p) for p in loc)
         at = locate(marks, loc) if marks else None
-        source_at = (f"{source}:{at[0]}:{at[1]}" if at else source) + (f": {context.rstrip(': ')}" if context else "")
+        source_at = (at or source) + (f": {context.rstrip(': ')}" if context else "")
         if e["type"] == "extra_forbidden":
             hint = _suggest(str(loc[-1]), _fields_at(model_cls, loc))
             lines.append(f"{source_at}: unknown key '{where}'.{hint}")

@@ -9,7 +9,7 @@ import yaml
 
 from .errors import RecipeError
 
-Marks = dict[tuple, tuple[int, int]]
+Marks = dict[tuple, str]  # key path → where it is written: "file:line:column" (or "override …")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -49,17 +49,17 @@ def expanded_size(data: Any) -> int:
     return count
 
 
-def _collect_marks(node: yaml.Node, path: tuple, marks: Marks) -> None:
+def _collect_marks(node: yaml.Node, path: tuple, marks: Marks, file: str) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             child = path + (key,)
-            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _collect_marks(value_node, child, marks)
+            marks[child] = f"{file}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}"
+            _collect_marks(value_node, child, marks, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            marks[path + (i,)] = (item.start_mark.line + 1, item.start_mark.column + 1)
-            _collect_marks(item, path + (i,), marks)
+            marks[path + (i,)] = f"{file}:{item.start_mark.line + 1}:{item.start_mark.column + 1}"
+            _collect_marks(item, path + (i,), marks, file)
 
 
 def read_yaml(path: Path) -> tuple[Any, Marks]:
@@ -93,12 +93,12 @@ def read_yaml(path: Path) -> tuple[Any, Marks]:
                           f"(YAML aliases that refer to themselves or repeat each other)")
     marks: Marks = {}
     if node is not None:
-        _collect_marks(node, (), marks)
+        _collect_marks(node, (), marks, str(path))
     return data, marks
 
 
-def locate(marks: Marks, loc: tuple) -> tuple[int, int] | None:
-    """The line and column of the deepest key of ``loc`` that the file names (``()``: the
+def locate(marks: Marks, loc: tuple) -> str | None:
+    """Where the deepest key of ``loc`` that the marks name is written (``()``: the
     place of the whole mapping, when the file names none of them)."""
     for n in range(len(loc), -1, -1):
         if tuple(loc[:n]) in marks:

@@ -122,3 +122,13 @@ def test_aliases_that_expand_without_end_are_refused(tmp_path):
             load_recipe(path)
     with pytest.raises(RecipeError, match="expands to more than"):
         load_recipe(raw={"model": "x"}, overrides=["stage=&a [*a]"])
+
+
+def test_an_error_in_an_override_names_the_override_not_the_file(tmp_path):
+    path = write(tmp_path / "r.yaml", "model: x\ntrain:\n  seed: 1\n  lr: 1.0e-4\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path, overrides=["train.seed=-1", "method.r=0"])
+    lines = str(exc.value).splitlines()
+    assert lines[0].startswith("override train.seed=-1: train.seed: ")
+    with pytest.raises(RecipeError, match=r"^override method\.r=0: method lora: r: "):
+        load_recipe(path, overrides=["method.r=0"])

@@ -389,7 +389,7 @@ def lookup(table: dict[str, Any], name: str, kind: str, where: str = "") -> Any:
 def entry_place(source: str, marks: dict | None) -> str:
     """``"file:line:column: "`` of a recipe entry, or ``"file: "`` when the marks do not place it."""
     at = (marks or {}).get(("name",)) or (marks or {}).get(())
-    return f"{source}:{at[0]}:{at[1]}: " if at else f"{source}: "
+    return f"{at or source}: "
 
 
 def validated(model: type[BaseModel], settings: dict[str, Any], source: str, context: str,
