@@ -4,7 +4,7 @@ Part 1, measured here. For SmolLM2-135M (instruction SFT on the built-in shell-h
 data, alpaca, loss on responses only) and MiniLM-L6 (20 Newsgroups, 4 classes, new
 head) × full / LoRA / QLoRA × each precision ``precision: auto`` can pick on this machine
 (``train.precision``: fp32 always, bf16 autocast where the CPU has native bf16, see
-``training/engine.py: cpu_has_native_bf16``), each seed trains in its own subprocess through
+``training/device.py: cpu_has_native_bf16``), each seed trains in its own subprocess through
 ``pipeline.train``, which records the estimate it made before loading the model
 (``summary.estimate_mb``: the longest training sequence and the share of labelled
 positions of the tokenized data) and the process's peak RSS. The error is
@@ -68,7 +68,7 @@ MB = 2**20
 def machine_precisions() -> list[str]:
     """The precisions ``precision: auto`` can pick on this machine: fp32, and bf16 autocast
     where the CPU has native bf16 (what ``training/engine.py`` checks)."""
-    from leantune.training.engine import cpu_has_native_bf16
+    from leantune.training.device import cpu_has_native_bf16
 
     return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
 

@@ -157,12 +157,12 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
                         after_backward=after_step, progress=False)
         fetch = engine.micro_batch
 
-        def timed_micro_batch(m: int) -> dict:
-            batch = fetch(m)  # collation stays outside the timed step, as in TRL's on_step_begin
+        def timed_micro_batch(step_index: int, k: int) -> tuple[dict, int]:
+            batch, weight = fetch(step_index, k)  # collation stays outside the timed step, as in TRL's on_step_begin
             pending.update(response_tokens=int((batch["labels"][:, 1:] != -100).sum()),
                            padded_tokens=batch["input_ids"].numel(), real_tokens=int(batch["attention_mask"].sum()))
             clock.begin()
-            return batch
+            return batch, weight
 
         engine.micro_batch = timed_micro_batch
         result = engine.fit()

@@ -9,6 +9,7 @@ import json
 import random
 import resource
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,9 @@ from .recipe import Recipe
 from .report.run_report import write_report
 from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
 from .stages.registry import build_stage
+from .training.device import keep_fp32_master_weights, move_to_device
 from .training.engine import Engine, count_total_steps, seed_everything
+from .training.runtime import Runtime, build_runtime
 
 
 
@@ -47,6 +50,9 @@ class RunSummary:
     precision: str = "fp32"
     peak_memory_mb: float = 0.0
     memory_kind: str = "peak RSS"
+    device: str = "cpu"
+    processes: int = 1
+    effective_batch: int = 0             # examples per optimizer step: per device × processes × grad_accum
     eval_before: dict | None = None
     eval_after: dict | None = None
     samples: list[tuple[str, str, str]] = field(default_factory=list)
@@ -59,10 +65,29 @@ class RunSummary:
         return asdict(self)
 
 
-def peak_memory_mb() -> tuple[float, str]:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20, "peak CUDA allocated"
+def peak_memory_mb(device: torch.device | None = None) -> tuple[float, str]:
+    """This process's peak: CUDA memory allocated on a GPU run, resident memory on a CPU run."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+
+
+def _model_dtype(recipe: Recipe, runtime: Runtime) -> str:
+    """``model.dtype: auto``: on a GPU the run's half type (frozen weights take half the memory;
+    trainable ones are kept in fp32), else fp32."""
+    if recipe.model.dtype != "auto":
+        return recipe.model.dtype
+    if runtime.device.type == "cuda":
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(runtime.precision, "float32")
+    return "float32"
+
+
+def _load_kwargs(method, runtime: Runtime) -> dict:
+    """The method's loading arguments; a quantized (QLoRA) model goes straight to this process's GPU."""
+    kwargs = dict(method.load_kwargs())
+    if "quantization_config" in kwargs and runtime.device.type == "cuda":
+        kwargs["device_map"] = {"": runtime.device.index or 0}
+    return kwargs
 
 
 def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
@@ -112,9 +137,17 @@ def _load_labelled(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[
 
 def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None, progress: bool = True,
           say: Callable[[str], None] = lambda s: None) -> RunSummary:
+    runtime = build_runtime(recipe.train)
+    if not runtime.is_main:
+        say, progress = (lambda s: None), False
     run_dir = check_run_dir(recipe, resume)
+    runtime.barrier()  # every process checked the run directory before rank 0 creates it
     seed_everything(recipe.train.seed)
     stage = build_stage(recipe.stage)
+    if runtime.distributed and not stage.multi_process:
+        raise RecipeError(f"stage {stage.name} runs its own loop in one process; start it without --nproc "
+                          f"(and outside torchrun / accelerate launch)")
+    stage.device = runtime.device
     if recipe.train.adversarial is not None and stage.custom_loop and not getattr(stage, "adversarial_ok", False):
         raise RecipeError(f"train.adversarial: stage {stage.name} runs its own training loop, which does not "
                           f"apply adversarial training; use a stage trained by the shared engine")
@@ -126,6 +159,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     config = load_config(model_path, recipe.model.trust_remote_code)
     stage.head_name = stage.head(config.model_type, config.is_encoder_decoder)
     data = stage.prepare(recipe, tokenizer, train_examples, eval_examples)
+    stage.place(runtime.device)
     tok = data.info.get("tokenize", {})
     if tok.get("truncated"):
         say(f"[yellow]{tok['truncated']} training example(s) longer than train.max_length={recipe.train.max_length} were truncated")
@@ -133,27 +167,38 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
 
     estimate = _estimate_before(recipe, config, stage, data, say) if stage.trains else None
-    model = load_model(model_path, stage.head_name, recipe.model.dtype, recipe.model.trust_remote_code,
-                       method.load_kwargs(), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
+    model = load_model(model_path, stage.head_name, _model_dtype(recipe, runtime), recipe.model.trust_remote_code,
+                       _load_kwargs(method, runtime), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
+    model = move_to_device(model, runtime.device)
     if not stage.trains:
-        return evaluate_only(recipe, stage, model, tokenizer, data, run_dir, model_path, say)
+        return evaluate_only(recipe, stage, model, tokenizer, data, run_dir, model_path, say, runtime)
     eval_bs = recipe.eval.batch_size
     prompts = recipe.eval.prompts if stage.head_name == "causal_lm" else []
     before, answers_before = None, []
-    if recipe.eval.before and data.eval:
+    evaluates = runtime.is_main or runtime.sharded  # a sharded model needs every process in its forward
+    if recipe.eval.before and data.eval and evaluates:
         say("evaluating the base model …")
         before = stage.evaluate(model, data.eval, eval_bs)
-    if prompts:
+    if prompts and evaluates:
         answers_before = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens)
 
-    method.set_total_steps(count_total_steps(len(data.train), recipe.train))
+    method.set_total_steps(count_total_steps(len(data.train), recipe.train, runtime.world_size))
     model = method.apply(model, stage.head_name)
-    model = stage.attach(model)
-    with open_run_dir(run_dir, resume, say):
-        meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
-                "labels": data.labels}
-        atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
-        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    model = move_to_device(stage.attach(model), runtime.device)
+    keep_fp32_master_weights(model)
+    effective = recipe.train.batch_size * runtime.world_size * recipe.train.grad_accum
+    with open_run_dir(run_dir, resume, say) if runtime.is_main else nullcontext():
+        if runtime.is_main:
+            meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path),
+                    "head": stage.head_name, "labels": data.labels, "device": str(runtime.device),
+                    "precision": runtime.precision, "strategy": runtime.strategy, "processes": runtime.world_size,
+                    "effective_batch": effective}
+            atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
+            atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+        runtime.barrier()  # rank 0 has created the run directory
+        say(f"{runtime.world_size} process(es) ({runtime.strategy}) on {runtime.device}, {runtime.precision}; "
+            f"effective batch {effective} = {recipe.train.batch_size} per device × {runtime.world_size} × "
+            f"grad_accum {recipe.train.grad_accum}")
         if resume and not has_checkpoints(run_dir):
             say(f"[yellow]--resume: {run_dir} has no checkpoint yet (it stopped before train.save_steps); "
                 f"training starts from step 0")
@@ -161,30 +206,36 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
         if stage.custom_loop:  # stages with their own loop (PPO) or a TRL trainer (DPO, GRPO, RLOO)
             model, result = stage.run(model, recipe=recipe, run_dir=run_dir, data=data, method=method,
-                                      tokenizer=tokenizer, progress=progress, resume=resume, say=say)
+                                      tokenizer=tokenizer, progress=progress, resume=resume, say=say,
+                                      runtime=runtime)
             precision = stage.precision
         else:
             engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
                             evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
                             after_backward=method.after_backward, progress=progress,
-                            param_groups=method.param_groups)
+                            param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
             result = engine.fit(resume=resume)
             precision = engine.precision
-
-        after = stage.evaluate(model, data.eval, eval_bs) if data.eval else {}
+        after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
         answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
-                                         recipe.eval.max_new_tokens) if prompts else []
+                                         recipe.eval.max_new_tokens) if prompts and evaluates else []
+        if not runtime.is_main:  # the files are rank 0's
+            return RunSummary(name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,
+                              method="+".join(m["name"] for m in recipe.method), stage=stage.name,
+                              trainable_params=trainable, total_params=total, train_examples=len(data.train),
+                              eval_examples=len(data.eval), steps=result.steps)
         with atomic_dir(run_dir / "adapter", force=True) as tmp:
             method.save(model, tmp)
             stage.save_extra(model, tmp)
             tokenizer.save_pretrained(tmp)
-        peak, kind = peak_memory_mb()
+        peak, kind = peak_memory_mb(runtime.device)
         summary = RunSummary(
             name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,
             method="+".join(m["name"] for m in recipe.method), stage=stage.name,
             trainable_params=trainable, total_params=total, train_examples=len(data.train),
             eval_examples=len(data.eval), steps=result.steps, wall_time_s=result.wall_time_s,
             tokens_per_s=result.tokens_per_s, precision=precision, peak_memory_mb=peak, memory_kind=kind,
+            device=str(runtime.device), processes=runtime.world_size, effective_batch=effective,
             eval_before=before, eval_after=after, samples=list(zip(prompts, answers_before or [""] * len(prompts),
                                                                   answers_after)),
             history=result.history,
@@ -216,9 +267,11 @@ def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], N
 
 
 def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, model_path: Path,
-                  say: Callable[[str], None]) -> RunSummary:
+                  say: Callable[[str], None], runtime: Runtime) -> RunSummary:
     """Stages that do not train (``trains = False``, e.g. in-context learning): evaluate the
     base model once, write ``eval.json`` (metrics and the stage's ``eval_details``), no method."""
+    if runtime.distributed:
+        raise RecipeError(f"stage {stage.name} does not train: run it in one process (without --nproc)")
     with open_run_dir(run_dir, False, say):
         meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
                 "labels": data.labels}
@@ -230,7 +283,7 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
         wall = time.perf_counter() - t0
         details = getattr(stage, "eval_details", None) or {}
         _, total = count_parameters(model)
-        peak, kind = peak_memory_mb()
+        peak, kind = peak_memory_mb(runtime.device)
         summary = RunSummary(
             name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name, method="none", stage=stage.name,
             trainable_params=0, total_params=total, train_examples=len(data.train), eval_examples=len(data.eval),

@@ -56,6 +56,21 @@ class AdversarialSection(Section):
     weight: float = Field(1.0, gt=0, description="Weight of the adversarial loss added to the clean loss.")
 
 
+class DistributedSection(Section):
+    """``train.distributed``: how several processes share the work (docs/distributed.md)."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a full copy per process; fsdp: parameters, gradients and optimizer state "
+        "sharded (FSDP2); deepspeed: ZeRO stage `zero_stage`.")
+    zero_stage: Literal[1, 2, 3] = Field(2, description="deepspeed: 1 shards optimizer state, 2 also gradients, "
+                                         "3 also parameters.")
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none", description="Move optimizer state (and with `all` the parameters) to CPU memory between steps "
+                            "(deepspeed: ZeRO-Offload; fsdp: CPU offload of parameters).")
+    timeout_s: int = Field(1800, gt=0, le=7 * 86400, description="How long a process waits for the others "
+                           "at a collective before the run stops with an error.")
+
+
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0, le=1e6)
     max_steps: int | None = Field(None, gt=0, le=10**9, description="Overrides epochs when set.")
@@ -68,7 +83,15 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(512, gt=8, le=2**24)
     seed: int = Field(42, ge=0, lt=2**32, description="Seeds Python, NumPy and torch (0 … 2³²−1).")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto (the local rank's GPU, else CPU), cpu, cuda, cuda:N or mps.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 otherwise.")
+    distributed: DistributedSection | None = Field(
+        None, description="Several processes (--nproc, torchrun, accelerate launch): {strategy: ddp|fsdp|deepspeed, "
+                          "zero_stage, offload}. Default: DDP.")
+    deepspeed: str | None = Field(None, description="A DeepSpeed JSON config (as LLaMA-Factory takes it); implies "
+                                  "distributed.strategy: deepspeed.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
     group_by_length: bool = True

@@ -26,7 +26,7 @@ from .recipe import Recipe
 
 RUN_META = "run.json"
 FINISHED_MARK = "summary.json"  # written last by a run that finished
-RESUME_FREE = {"train": {"max_steps", "epochs"}}  # may change between a run and its --resume
+RESUME_FREE = {"train": {"max_steps", "epochs", "device"}}  # may change between a run and its --resume
 
 
 def run_path(recipe: Recipe) -> Path:
@@ -43,8 +43,12 @@ def _differences(a, b, prefix: str = "") -> list[str]:
 
 
 def has_checkpoints(run_dir: Path) -> bool:
+    """A ``checkpoints/step-N`` (the engine's) or a complete ``checkpoints/checkpoint-N`` (TRL's,
+    holding ``trainer_state.json``)."""
     root = run_dir / "checkpoints"
-    return root.is_dir() and any(p.name.startswith("step-") for p in root.iterdir())
+    return root.is_dir() and any(p.name.startswith("step-") or (p.name.startswith("checkpoint-")
+                                                                and (p / "trainer_state.json").is_file())
+                                 for p in root.iterdir())
 
 
 def check_run_dir(recipe: Recipe, resume: bool) -> Path:

@@ -42,9 +42,9 @@ if os.environ.get("LEANTUNE_TEST_STEP_DELAY"):
 
     _micro_batch = engine.Engine.micro_batch
 
-    def micro_batch(self, m):
+    def micro_batch(self, *args):
         time.sleep(float(os.environ["LEANTUNE_TEST_STEP_DELAY"]))
-        return _micro_batch(self, m)
+        return _micro_batch(self, *args)
 
     engine.Engine.micro_batch = micro_batch
     open(os.environ["LEANTUNE_TEST_HOOK_MARK"], "w").close()

@@ -71,6 +71,9 @@ class RewardFunction:
                               f"{len(completions)} completion(s)")
         return values
 
+    def place_on(self, device: torch.device) -> None:
+        """Move what scores to the run's device (a Python function has nothing to move)."""
+
     def as_trl(self) -> Callable[..., list[float]]:
         """The function in TRL's reward-function convention (GRPO/RLOO), with ``reward_args`` bound.
 
@@ -102,6 +105,9 @@ class RewardModelScorer(RewardFunction):
         self.max_length = max_length or run.recipe.train.max_length
         self.batch_size = batch_size
         super().__init__(str(run_dir), self._score)
+
+    def place_on(self, device: torch.device) -> None:
+        self.model.to(device)
 
     def _score(self, prompts, completions, messages, **kwargs) -> list[float]:
         from ..data.collate import pad_batch

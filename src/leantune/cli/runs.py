@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,8 @@ def _print_summary(s) -> None:
     )
 
 
-def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: bool, raw: dict | None = None) -> None:
+def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: bool, raw: dict | None = None,
+                  launch: dict | None = None) -> None:
     from ..data.paths import check_data_files
     from ..models.safety import check_model_folder
     from ..recipe import load_recipe
@@ -49,21 +51,46 @@ def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: boo
         check_model_folder(model_dir, recipe.model.trust_remote_code)
     d = recipe.data
     check_data_files(d.train, d.eval, d.format, d.skip_invalid, base_dir)
+    from . import launch as launcher
+
+    if launch is not None and not launcher.under_launcher():
+        nproc = launcher.processes_to_start(launch.pop("nproc"), recipe.train.device)
+        if nproc > 1 or launch["nnodes"] > 1:
+            child = [str(recipe_path), *overrides, *(["--resume"] if resume else [])]
+            console.print(f"starting {nproc} process(es) on this machine through torchrun", highlight=False)
+            raise typer.Exit(launcher.launch(launcher.torchrun_command(nproc, child, **launch)))
     quiet_libraries()
     from ..pipeline import train
+    from ..training.runtime import shutdown
 
-    summary = train(recipe, resume=resume, base_dir=base_dir, progress=True,
-                    say=lambda m: console.print(m, highlight=False))
-    _print_summary(summary)
+    try:
+        summary = train(recipe, resume=resume, base_dir=base_dir, progress=True,
+                        say=lambda m: console.print(m, highlight=False))
+    finally:
+        shutdown()
+    if not launcher.under_launcher() or os.environ.get("RANK", "0") == "0":
+        _print_summary(summary)
 
 
 @app.command()
 @user_errors
 def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
           overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint.")):
+          resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+          nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="Processes on this machine (torchrun; "
+                                              "default: one per visible GPU, else 1)."),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines in the run."),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's index (0 … nnodes-1)."),
+          master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of the node-rank 0 "
+                                                    "machine (several machines)."),
+          master_port: Optional[int] = typer.Option(None, "--master-port", min=1, max=65535,
+                                                    help="Its port (default 29500; one machine: a free port).")):
     """Train: load the recipe, apply the method, run the stage, write the run directory."""
-    _run_training(recipe, overrides or [], resume)
+    if node_rank >= nnodes:
+        raise typer.BadParameter(f"--node-rank {node_rank} must be below --nnodes {nnodes}")
+    _run_training(recipe, overrides or [], resume,
+                  launch={"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank, "master_addr": master_addr,
+                          "master_port": master_port})
 
 
 @app.command()

@@ -365,7 +365,7 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
         if device == "cuda":
             prec = "mixed"
         else:
-            from ..training.engine import cpu_has_native_bf16
+            from ..training.device import cpu_has_native_bf16
 
             prec = "mixed" if cpu_has_native_bf16() else "fp32"
     elif prec in ("bf16", "fp16") and device == "cpu":

@@ -123,6 +123,7 @@ class RoundClassifier:
 
     data_kinds = ("classification",)
     custom_loop = True
+    multi_process = False  # its own loop runs in one process
     adversarial_ok = True  # every training of a round goes through the shared engine (fit)
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:

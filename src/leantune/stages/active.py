@@ -75,7 +75,7 @@ class Active(R.RoundClassifier, Stage):
             record.update(self.evaluate(model, data.eval, recipe.eval.batch_size))
         return result
 
-    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say, runtime=None):
         start = trainable_state(model) if self.config.reset else None
         if self.config.oracle == "csv":
             return self._run_csv(model, recipe, run_dir, data, start, say)

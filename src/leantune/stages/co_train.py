@@ -57,7 +57,7 @@ class CoTrain(R.RoundClassifier, Stage):
         """Both views of the evaluation set (before training, the one model reads both views)."""
         return self.view_metrics(model, self.model_b or model, batch_size)
 
-    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say, runtime=None):
         cfg, bs = self.config, recipe.eval.batch_size
         self.method = method
         with warnings.catch_warnings():  # transformers warns about deprecated properties while copying

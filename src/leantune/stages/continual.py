@@ -59,6 +59,7 @@ class Continual(Stage):
     summary = "A sequence of classification tasks (naive, ewc, replay, per-task adapters); accuracy matrix, forgetting."
     data_kinds = ("classification",)
     custom_loop = True
+    multi_process = False  # its own loop runs in one process
 
     Config = ContinualSettings
 
@@ -162,7 +163,7 @@ class Continual(Stage):
         return metrics
 
     # ------------------------------------------------------------------ the task sequence
-    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say, runtime=None):
         cfg = self.config
         if resume:
             say("[yellow]stage continual has no checkpoints across tasks; starting over")

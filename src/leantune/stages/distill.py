@@ -23,7 +23,7 @@ from ..errors import DataValidationError, Problem, RecipeError
 from ..evaluation.classification import classification_metrics, predict
 from ..evaluation.lm import lm_loss_and_perplexity
 from ..models.loading import is_run_dir, load_model, load_tokenizer, resolve_model_path
-from ..training.losses import causal_lm_token_losses
+from ..training.losses import causal_lm_token_losses, label_count
 from ..training.modes import evaluating
 from ..transfer.distillation import (cache_key, kd_classification_loss, load_classification_cache, load_lm_cache,
                                      save_classification_cache, save_lm_cache, topk_token_kl)
@@ -144,7 +144,7 @@ class Distill(Stage):
                     raise RecipeError(f"stage distill: teacher labels {names} differ from the student's {labels}; "
                                       f"set stage.labels to the teacher's order")
         teacher = load_model(path, head, recipe.model.dtype, labels=labels, pad_token_id=self.teacher_pad)
-        teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+        teacher.to(self.device)
         teacher.requires_grad_(False)
         return teacher
 
@@ -199,6 +199,9 @@ class Distill(Stage):
         labels = batch.pop("labels")
         logits = model(**batch).logits
         return kd_classification_loss(logits, teacher, labels, cfg.temperature, cfg.alpha)
+
+    def loss_weight(self, batch: dict) -> int:
+        return label_count(batch) if self.lm else len(batch["input_ids"])
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
         if self.lm:

@@ -7,7 +7,7 @@ import torch
 from ..data.collate import mask_tokens, pad_batch
 from ..data.tokenize import IGNORE, tokenize_for_mlm, tokenize_text_blocks
 from ..evaluation.lm import lm_loss_and_perplexity
-from ..training.losses import causal_lm_loss, causal_lm_token_losses, model_loss
+from ..training.losses import causal_lm_loss, causal_lm_token_losses, label_count, model_loss
 from .registry import PreparedData, Stage, register
 from .settings import PretrainSettings
 
@@ -47,6 +47,9 @@ class Pretrain(Stage):
 
     def loss(self, model, batch) -> torch.Tensor:
         return model_loss(model, batch) if self.mlm else causal_lm_loss(model, batch)
+
+    def loss_weight(self, batch: dict) -> int:
+        return label_count(batch, shifted=not self.mlm)
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
         if self.mlm:  # fixed masking so that evaluations are comparable

@@ -33,6 +33,7 @@ class Stage:
     data_kinds: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[StageConfig]] = StageConfig
     trains: ClassVar[bool] = True  # False: the pipeline only evaluates (in-context learning)
+    device: torch.device = torch.device("cpu")  # the run's device, set by the pipeline before prepare()
 
     def __init__(self, config: StageConfig):
         self.config = config
@@ -59,15 +60,32 @@ class Stage:
     def evaluate(self, model: nn.Module, features: list[dict], batch_size: int) -> dict[str, float]:
         raise NotImplementedError
 
+    def loss_weight(self, batch: dict) -> int:
+        """How many terms :meth:`loss` averages over in ``batch``: the engine weights each
+        micro-batch's mean loss by it, so that micro-batches accumulated (and split over
+        processes) give the gradient of one large batch. Examples by default; stages whose
+        loss is a mean over label tokens return the number of those tokens."""
+        return len(batch["input_ids"])
+
     # ---- stages that run their own loop instead of the shared engine (PPO, TRL trainers)
     custom_loop: ClassVar[bool] = False
+    # runs as one of several processes (--nproc, torchrun, accelerate launch): every engine stage;
+    # a custom loop only when it says so
+    multi_process: ClassVar[bool] = True
     precision: str = "fp32"  # what the custom loop trained in, for the run summary
 
     def run(self, model: nn.Module, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer,
-            progress: bool, resume: bool, say) -> tuple[nn.Module, Any]:
+            progress: bool, resume: bool, say, runtime=None) -> tuple[nn.Module, Any]:
         """Train ``model`` (the method already applied); returns the trained model and a
         ``training.engine.TrainResult``. Only called when ``custom_loop`` is True."""
         raise NotImplementedError
+
+    def place(self, device: torch.device) -> None:
+        """Move what the stage built in ``prepare`` (a reward model, …) to the run's device:
+        every attribute with a ``place_on(device)`` method."""
+        for value in list(vars(self).values()):
+            if hasattr(value, "place_on"):
+                value.place_on(device)
 
     def save_extra(self, model: nn.Module, folder: Path) -> None:
         """Save what the stage trained beside the method's weights (e.g. PPO's value head)."""

@@ -49,7 +49,7 @@ class SelfTrain(R.RoundClassifier, Stage):
         evals = R.featurize(eval_examples, tokenizer, ml, self.labels)
         return self.prepared(train, evals, self.labels, len(self.pool))
 
-    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say, runtime=None):
         cfg, bs = self.config, recipe.eval.batch_size
         start = trainable_state(model) if cfg.reset else None
         results, rounds, current = [], [], list(data.train)

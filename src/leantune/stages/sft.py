@@ -9,7 +9,7 @@ from ..data.collate import pad_batch
 from ..data.templates import render, resolve_template
 from ..data.tokenize import IGNORE, TokenizeStats, tokenize_chat
 from ..evaluation.lm import lm_loss_and_perplexity
-from ..training.losses import causal_lm_loss, causal_lm_token_losses, model_loss
+from ..training.losses import causal_lm_loss, causal_lm_token_losses, label_count, model_loss
 from .registry import PreparedData, Stage, register
 
 
@@ -47,6 +47,9 @@ class SFT(Stage):
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model_loss(model, batch) if self.seq2seq else causal_lm_loss(model, batch)
+
+    def loss_weight(self, batch: dict) -> int:
+        return label_count(batch, shifted=not self.seq2seq)
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
         if self.seq2seq:

@@ -77,7 +77,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, rank: int = 0) -> dict:
+    """Weights, optimizer and scheduler state into the given objects; the random state of
+    process ``rank`` (a run of several processes saves one per process in ``rng_ranks``)."""
     weights = load_file(path / "trainable.safetensors")
     params = dict(model.named_parameters())
     for name, value in weights.items():
@@ -86,5 +88,5 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     state = json.loads((path / "state.json").read_text())
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng_ranks"][rank] if "rng_ranks" in state else state["rng"])
     return state

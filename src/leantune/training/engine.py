@@ -1,9 +1,13 @@
-"""The training loop shared by every stage.
+"""The training loop shared by every stage, on ``accelerate.Accelerator``.
 
-One loop for all paradigms: deterministic (length-grouped) batch order derived from
-the seed, gradient accumulation, bf16 autocast where the hardware has it, a NaN
-guard, atomic checkpoints, bit-for-bit resume, Ctrl-C that checkpoints before
-exiting, metrics to ``metrics.jsonl`` and a progress bar with tokens per second.
+One loop for all paradigms and all hardware (one CPU, one GPU, DDP, FSDP2, DeepSpeed:
+see :mod:`.runtime`): a deterministic (length-grouped) plan of global batches derived
+from the seed, each process taking its slice; gradient accumulation weighted by label
+tokens across the window and the processes, so that k micro-batches on N processes give
+the gradient of one batch k·N times larger; mixed precision with fp16 loss scaling; a
+NaN guard; atomic checkpoints; bit-for-bit resume; Ctrl-C on any process checkpoints
+and stops all; metrics to ``metrics.jsonl`` and a progress bar with tokens per second
+(rank 0 only).
 """
 from __future__ import annotations
 
@@ -22,19 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LeantuneError
+from ..errors import LeantuneError, RecipeError, RunStateError
 from ..recipe import TrainSection
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint
+from .guard import TrainingDiverged, check_finite
 from .interrupt import stop_on_signals
-from .progress import TrainProgress
 from .optim import build_optimizer, build_scheduler, param_groups
+from .progress import TrainProgress
+from .runtime import Runtime, build_runtime
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 Collate = Callable[[list[dict], torch.Generator], dict]
-
-
-class TrainingDiverged(LeantuneError):
-    """The loss became NaN or infinite."""
+__all__ = ["Engine", "TrainResult", "TrainingDiverged", "batch_plan", "count_total_steps", "seed_everything"]
 
 
 @dataclass
@@ -52,37 +55,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast_context(precision: str, device: torch.device):
-    """bf16/fp16 autocast, or nothing for fp32. ``auto`` picks bf16 where matmuls support it."""
-    if precision == "auto":
-        precision = "bf16" if bf16_supported(device) else "fp32"
-    if precision == "fp32":
-        return nullcontext(), "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise LeantuneError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype), precision
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX).
-
-    oneDNN also "supports" bf16 on plain AVX-512 by emulation, which is several
-    times slower than fp32, so the CPU flags are read instead.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 # glibc mallopt parameter: blocks at least this large are served by mmap and unmapped on free.
@@ -132,10 +104,24 @@ def batch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group
     return batches
 
 
-def count_total_steps(n_features: int, cfg: TrainSection) -> int:
-    """Optimizer steps of a run: ``max_steps``, or the epochs' micro-batches over ``grad_accum``."""
-    micro_per_epoch = math.ceil(n_features / cfg.batch_size)
-    return cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+def count_total_steps(n_features: int, cfg: TrainSection, world_size: int = 1) -> int:
+    """Optimizer steps of a run: ``max_steps``, or epochs × steps per epoch; one step takes
+    ``batch_size × world_size × grad_accum`` examples (the last of an epoch takes what is left)."""
+    steps_per_epoch = math.ceil(n_features / (cfg.batch_size * world_size * cfg.grad_accum))
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+class TrainStep(nn.Module):
+    """The model and its loss as one module. DDP, FSDP and DeepSpeed hook the forward of the
+    module they wrap, and the losses reach past ``model.forward`` (the tiled causal-LM loss
+    calls the backbone itself), so the wrapped forward is the whole loss."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
 
 
 class Engine:
@@ -143,41 +129,61 @@ class Engine:
                  collate: Collate, loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None = None,
                  after_backward: Callable[[nn.Module, int], None] | None = None,
                  progress: bool = True,
-                 param_groups: Callable[[nn.Module, float, float], list[dict] | None] | None = None):
+                 param_groups: Callable[[nn.Module, float, float], list[dict] | None] | None = None,
+                 loss_weight: Callable[[dict], int] | None = None, runtime: Runtime | None = None):
         if not features:
             raise LeantuneError("no training examples left after tokenization")
         self.model, self.features, self.cfg, self.run_dir = model, features, cfg, Path(run_dir)
         self.collate, self.loss_fn, self.evaluate, self.after_backward = collate, loss_fn, evaluate, after_backward
-        self.progress = progress
+        self.runtime = runtime or build_runtime(cfg)
+        self.progress = progress and self.runtime.is_main
         self.param_groups_fn = param_groups  # a method's own optimizer groups (e.g. layer-wise lr decay)
-        self.device = next(model.parameters()).device
+        self.loss_weight = loss_weight or (lambda batch: len(batch["input_ids"]))
+        self.device = self.runtime.device
+        self.precision = self.runtime.precision
+        world = self.runtime.world_size
         self.lengths = [len(f["input_ids"]) for f in features]
-        self.micro_per_epoch = math.ceil(len(features) / cfg.batch_size)
-        self.total_steps = count_total_steps(len(features), cfg)
+        self.steps_per_epoch = math.ceil(len(features) / (cfg.batch_size * world * cfg.grad_accum))
+        self.total_steps = count_total_steps(len(features), cfg, world)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._plans: dict[int, list[list[int]]] = {}
         self.adversary = None  # train.adversarial: FGM/PGD on the input embeddings (semisup/adversarial.py)
         if getattr(cfg, "adversarial", None) is not None:
+            if self.runtime.distributed:
+                raise RecipeError("train.adversarial: adversarial training runs in one process; drop it or "
+                                  "train without --nproc")
             from ..semisup.adversarial import Adversary
 
             self.adversary = Adversary(cfg.adversarial)
 
     # ------------------------------------------------------------------ data
-    def micro_batch(self, m: int) -> dict:
-        epoch, pos = divmod(m, self.micro_per_epoch)
+    def micro_batch(self, step_index: int, k: int) -> tuple[dict, int]:
+        """This process's ``k``-th micro-batch of optimizer step ``step_index`` (0-based; CPU
+        tensors) and its loss weight. The plan holds whole steps (``batch_size × processes ×
+        grad_accum`` examples), so accumulating or adding processes never changes which
+        examples make a step. A process whose slice is empty (the last step of an epoch)
+        takes the step's first example with weight 0: it joins the gradient exchange, adding nothing."""
+        epoch, pos = divmod(step_index, self.steps_per_epoch)
+        world, rank, size = self.runtime.world_size, self.runtime.rank, self.cfg.batch_size
         if epoch not in self._plans:
-            self._plans = {epoch: batch_plan(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch,
-                                             self.cfg.group_by_length)}
+            self._plans = {epoch: batch_plan(self.lengths, size * world * self.cfg.grad_accum, self.cfg.seed,
+                                             epoch, self.cfg.group_by_length)}
         idx = self._plans[epoch][pos]
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + m)
-        batch = self.collate([self.features[i] for i in idx], gen)
+        m = step_index * self.cfg.grad_accum + k  # the global micro-batch
+        mine = idx[(k * world + rank) * size: (k * world + rank + 1) * size]
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + m * world + rank)
+        batch = self.collate([self.features[i] for i in (mine or idx[:1])], gen)
+        return batch, int(self.loss_weight(batch)) if mine else 0
+
+    def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # ------------------------------------------------------------------ metrics
     def _log(self, record: dict) -> None:
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if self.runtime.is_main:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self, step: int) -> list[dict]:
         if not self.metrics_path.exists():
@@ -190,14 +196,39 @@ class Engine:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(record)
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.metrics_path)
+        if self.runtime.is_main:
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.metrics_path)
         return kept
+
+    # ------------------------------------------------------------------ state
+    def _save(self, step: int, optimizer, scheduler, loss_value: float) -> None:
+        """Every process's random state to rank 0, which writes the checkpoint."""
+        info = {"loss": loss_value, "world_size": self.runtime.world_size}
+        if self.runtime.distributed:
+            info["rng_ranks"] = self.runtime.gather_objects(rng_state())
+        if self.runtime.is_main:
+            save_checkpoint(self.ckpt_root, step, self.model, optimizer, scheduler, info, self.cfg.save_total_limit)
+        self.runtime.barrier()
+
+    def _resume(self, optimizer, scheduler) -> tuple[int, list[dict]]:
+        ckpts = list_checkpoints(self.ckpt_root)
+        if not ckpts:
+            return 0, []
+        saved = json.loads((ckpts[-1] / "state.json").read_text()).get("world_size", 1)
+        if saved != self.runtime.world_size:
+            raise RunStateError(
+                f"--resume: {ckpts[-1]} was written by a run of {saved} process(es) and this one has "
+                f"{self.runtime.world_size}; the global batch (train.batch_size × processes) would change mid-run. "
+                f"Resume with --nproc {saved}")
+        state = load_checkpoint(ckpts[-1], self.model, optimizer, scheduler, rank=self.runtime.rank)
+        return state["step"], self._truncate_metrics(state["step"])
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
-        cfg, model = self.cfg, self.model
+        cfg, model, rt = self.cfg, self.model, self.runtime
+        accelerator = rt.accelerator
         seed_everything(cfg.seed)
         return_freed_memory_to_os(self.device)
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
@@ -207,70 +238,68 @@ class Engine:
         groups = self.param_groups_fn(model, cfg.lr, cfg.weight_decay) if self.param_groups_fn else None
         optimizer = build_optimizer(cfg.optimizer, groups or param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
         scheduler = build_scheduler(cfg.scheduler, optimizer, self.total_steps, cfg.warmup_ratio)
-        autocast, self.precision = autocast_context(cfg.precision, self.device)
-        start, history = 0, []
-        if resume and (ckpts := list_checkpoints(self.ckpt_root)):
-            state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
-            start = state["step"]
-            history = self._truncate_metrics(start)
-        elif self.metrics_path.exists():
+        start, history = self._resume(optimizer, scheduler) if resume else (0, [])
+        if not start and self.metrics_path.exists() and rt.is_main:
             self.metrics_path.unlink()
-        model.train()
+        step_module, prepared_optimizer = accelerator.prepare(TrainStep(model, self.loss_fn), optimizer)
+        # DeepSpeed divides each backward by its accumulation steps itself
+        accum_scale = cfg.grad_accum if rt.strategy == "deepspeed" else 1
+        step_module.train()
         bar = TrainProgress(self.total_steps, start, enabled=self.progress)
         t0, tokens, label_tokens, loss_value, step = time.perf_counter(), 0, 0, float("nan"), start
         with stop_on_signals() as stop, bar:
             for step in range(start + 1, self.total_steps + 1):
-                loss_sum = 0.0
-                for k in range(cfg.grad_accum):
-                    batch = self.micro_batch((step - 1) * cfg.grad_accum + k)
-                    with autocast, (self.adversary.watch(model) if self.adversary else nullcontext()):
-                        loss = self.loss_fn(model, batch)
-                    if not torch.isfinite(loss):
-                        self._diverged(step, loss)
-                    (loss / cfg.grad_accum).backward()
-                    if self.adversary:  # extra forward/backward on perturbed embeddings
-                        with autocast:
-                            self.adversary.attack(model, lambda: self.loss_fn(model, batch), 1 / cfg.grad_accum)
-                    loss_sum += loss.item()
-                    tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-                    if "labels" in batch and batch["labels"].dim() == 2:
-                        label_tokens += int((batch["labels"] != -100).sum())
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                   cfg.max_grad_norm)
-                optimizer.step()
+                window = [self.micro_batch(step - 1, k) for k in range(cfg.grad_accum)]
+                total_weight = rt.all_sum([sum(w for _, w in window)])[0]
+                loss_sum, step_tokens, step_labels = 0.0, 0, 0
+                for k, (batch, weight) in enumerate(window):
+                    batch = self._to_device(batch)
+                    last = k == len(window) - 1
+                    sync = nullcontext() if last or not rt.distributed else accelerator.no_sync(step_module)
+                    with sync:
+                        with accelerator.autocast(), (self.adversary.watch(model) if self.adversary else nullcontext()):
+                            loss = step_module(batch)
+                        share = weight * rt.world_size * accum_scale / max(total_weight, 1)
+                        accelerator.backward(loss * share)
+                        if self.adversary:  # extra forward/backward on perturbed embeddings
+                            with accelerator.autocast():
+                                self.adversary.attack(model, lambda: self.loss_fn(model, batch), share)
+                    loss_sum += loss.item() * weight
+                    step_tokens += int(batch["attention_mask"].sum()) if weight and "attention_mask" in batch else 0
+                    if weight and "labels" in batch and batch["labels"].dim() == 2:
+                        step_labels += int((batch["labels"] != -100).sum())
+                loss_sum, step_tokens, step_labels, stopped = rt.all_sum([loss_sum, step_tokens, step_labels,
+                                                                          float(bool(stop))])
+                loss_value = loss_sum / max(total_weight, 1)
+                check_finite(loss_value, step, self.ckpt_root, cfg.lr)
+                tokens, label_tokens = tokens + int(step_tokens), label_tokens + int(step_labels)
+                if cfg.max_grad_norm and rt.strategy != "deepspeed":
+                    accelerator.clip_grad_norm_([p for p in step_module.parameters() if p.requires_grad],
+                                                cfg.max_grad_norm)
+                prepared_optimizer.step()
                 if self.after_backward:
                     self.after_backward(model, step)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = loss_sum / cfg.grad_accum
+                if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips the step
+                    scheduler.step()
+                prepared_optimizer.zero_grad(set_to_none=True)
                 elapsed = time.perf_counter() - t0
                 bar.update(step, loss_value, tokens / max(elapsed, 1e-9))
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
                     rec = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                           "epoch": round((step * cfg.grad_accum) / self.micro_per_epoch, 4),
+                           "epoch": round(step / self.steps_per_epoch, 4),
                            "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
                     history.append(rec)
                     self._log(rec)
                 if self.evaluate and cfg.eval_steps and step % cfg.eval_steps == 0 and step < self.total_steps:
                     rec = {"step": step, **{f"eval_{k}": v for k, v in self.evaluate(model).items()}}
-                    model.train()
+                    step_module.train()
                     history.append(rec)
                     self._log(rec)
-                if (cfg.save_steps and step % cfg.save_steps == 0) or stop:
-                    save_checkpoint(self.ckpt_root, step, model, optimizer, scheduler,
-                                    {"loss": loss_value}, cfg.save_total_limit)
-                if stop:
+                if (cfg.save_steps and step % cfg.save_steps == 0) or stopped:
+                    self._save(step, optimizer, scheduler, loss_value)
+                if stopped:
                     raise stop.interrupted(f"step {step}", str(self.ckpt_root))
         wall = time.perf_counter() - t0
         return TrainResult(steps=step, final_loss=loss_value, wall_time_s=wall, tokens=tokens,
                            tokens_per_s=tokens / max(wall, 1e-9), label_tokens_per_s=label_tokens / max(wall, 1e-9),
                            history=history)
-
-    def _diverged(self, step: int, loss: torch.Tensor) -> None:
-        ckpts = list_checkpoints(self.ckpt_root)
-        kept = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint had been written yet"
-        raise TrainingDiverged(
-            f"training stopped: the loss became {loss.item()} at step {step}; {kept}. "
-            f"Lower train.lr (now {self.cfg.lr}), set train.max_grad_norm, or check the data for empty targets."
-        )

@@ -51,6 +51,13 @@ def _fast_path(lm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return backbone, head
 
 
+def label_count(batch: dict[str, torch.Tensor], shifted: bool = True) -> int:
+    """How many labelled positions a token-level loss averages over: next-token prediction
+    (``shifted``) never predicts the first position; masked-LM and seq2seq labels are not shifted."""
+    labels = batch["labels"][:, 1:] if shifted else batch["labels"]
+    return int((labels != IGNORE).sum())
+
+
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions."""
     labels = batch["labels"]

@@ -1,0 +1,183 @@
+"""The processes of a run, on ``accelerate.Accelerator``: one CPU, one GPU, DDP, FSDP2 or DeepSpeed ZeRO.
+
+A run started alone is one process; under ``leantune train --nproc N``, ``torchrun`` or
+``accelerate launch`` it is one of ``WORLD_SIZE`` processes. :func:`build_runtime`
+decides once, for every stage, the device (:mod:`.device`), the precision, the strategy
+(``train.distributed`` / ``train.deepspeed`` / the accelerate config the launcher passed)
+and builds the accelerator that prepares the model and optimizer, runs backward with
+fp16 loss scaling, clips gradients and gathers full state dicts. Rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from ..errors import RecipeError
+from .device import resolve_device, resolve_precision
+
+STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
+MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass
+class Runtime:
+    accelerator: object
+    device: torch.device
+    precision: str          # fp32, bf16 or fp16 (resolved)
+    strategy: str           # single, ddp, fsdp or deepspeed
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are split over processes: every process must take part in each forward."""
+        return self.strategy in ("fsdp", "deepspeed")
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over every process (float64; the values themselves when alone)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def gather_objects(self, obj) -> list:
+        """``obj`` from every process, in rank order (on every process)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every process."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _launcher_strategy() -> str | None:
+    """What ``accelerate launch --config_file`` asked for through its environment, if anything."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return None
+
+
+def resolve_strategy(cfg, device: torch.device, processes: int) -> str:
+    """single, ddp, fsdp or deepspeed, with a sentence for each combination that cannot run."""
+    if cfg.deepspeed:
+        requested = "deepspeed"
+    elif cfg.distributed is not None:
+        requested = cfg.distributed.strategy
+    else:
+        requested = _launcher_strategy() or "ddp"
+    if requested == "deepspeed":
+        if importlib.util.find_spec("deepspeed") is None:
+            raise RecipeError("train.distributed.strategy: deepspeed needs the DeepSpeed package, which is not "
+                              "installed; install it with `pip install deepspeed` (it compiles its CUDA kernels "
+                              "on first use) or use strategy: ddp or fsdp")
+        if device.type != "cuda":
+            raise RecipeError(f"train.distributed.strategy: deepspeed runs on GPUs; this run's device is "
+                              f"{device}. Use strategy: ddp for CPU processes")
+        if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
+            raise RecipeError(f"train.deepspeed: {cfg.deepspeed} is not a file (a DeepSpeed JSON config, e.g. "
+                              f"ds_z3_config.json)")
+        return "deepspeed"
+    if requested == "fsdp":
+        if device.type != "cuda":
+            raise RecipeError(f"train.distributed.strategy: fsdp shards over GPUs (accelerate enables FSDP only "
+                              f"for multi-GPU runs); this run's device is {device}. Use strategy: ddp on CPU")
+        if processes < 2:
+            raise RecipeError("train.distributed.strategy: fsdp shards the model over several processes; this "
+                              "run has one. Start it with --nproc N (N ≥ 2), or drop train.distributed")
+        return "fsdp"
+    return "ddp" if processes > 1 else "single"
+
+
+def _check_gpu_count(device: torch.device, processes: int) -> None:
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and local > gpus:
+        raise RecipeError(f"--nproc: {local} processes on this machine but {gpus} GPU(s); start at most {gpus}, "
+                          f"or set train.device: cpu to run CPU processes")
+
+
+def _plugins(cfg, strategy: str, precision: str) -> dict:
+    """The accelerate plugin for FSDP2 or DeepSpeed from the recipe."""
+    dist = cfg.distributed
+    offload = dist.offload if dist is not None else "none"
+    if strategy == "fsdp":
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        return {"fsdp_plugin": FullyShardedDataParallelPlugin(
+            fsdp_version=2, reshard_after_forward=True, cpu_offload=offload != "none",
+            auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT")}
+    if strategy == "deepspeed":
+        from accelerate.utils import DeepSpeedPlugin
+
+        if cfg.deepspeed:
+            return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=str(cfg.deepspeed),
+                                                         gradient_accumulation_steps=cfg.grad_accum)}
+        stage = dist.zero_stage if dist is not None else 2
+        return {"deepspeed_plugin": DeepSpeedPlugin(
+            zero_stage=stage, gradient_accumulation_steps=cfg.grad_accum,
+            offload_optimizer_device="cpu" if offload != "none" else "none",
+            offload_param_device="cpu" if offload == "all" and stage == 3 else "none",
+            zero3_save_16bit_model=False)}
+    return {}
+
+
+def build_runtime(cfg) -> Runtime:
+    """The run's accelerator from the recipe's ``train`` section (see the module docstring)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    processes = world_size()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    _check_gpu_count(device, processes)
+    strategy = resolve_strategy(cfg, device, processes)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    AcceleratorState._reset_state(reset_partial_state=False)  # a second run in this process starts afresh
+    timeout = cfg.distributed.timeout_s if cfg.distributed is not None else 1800
+    accelerator = Accelerator(
+        cpu=device.type == "cpu", mixed_precision=MIXED[precision],
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)),
+                         DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **_plugins(cfg, strategy, precision))
+    return Runtime(accelerator=accelerator, device=device if device.type == "cpu" else accelerator.device,
+                   precision=precision, strategy=strategy, rank=accelerator.process_index,
+                   world_size=accelerator.num_processes)
+
+
+def shutdown() -> None:
+    """Leave the process group at the end of a command (torch warns about one left open)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
