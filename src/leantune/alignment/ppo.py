@@ -9,7 +9,8 @@ Ziegler et al. 2019 (arXiv:1909.08593) and Ouyang et al. 2022 (arXiv:2203.02155)
 * per-token reward r_t = −β·(log π(a_t|s_t) − log π_ref(a_t|s_t))  (the k1 KL estimator),
   plus the sequence's score at its last token;
 * generalised advantage estimation (Schulman et al. 2016, arXiv:1506.02438) with γ, λ;
-* clipped policy loss and clipped value loss, several epochs over each rollout batch.
+* clipped policy loss and clipped value loss, several epochs over each rollout batch, one
+  optimizer step per ``grad_accum`` mini-batches (their mean gradient), fp16 with loss scaling.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..training.guard import check_finite
 from ..training.losses import _fast_path, unwrap
 from ..training.modes import evaluating, set_eval_mode
 
@@ -251,6 +253,7 @@ class PPOSettings:
     mini_batch_size: int | None = None
     whiten_advantages: bool = True
     max_grad_norm: float | None = 1.0
+    grad_accum: int = 1          # mini-batches averaged per optimizer step
 
 
 @dataclass
@@ -273,11 +276,14 @@ class Rollout:
 
 
 class PPO:
-    """One policy (PEFT model) + value head; ``step(prompts)`` = rollout + PPO epochs."""
+    """One policy (PEFT model) + value head; ``step(prompts)`` = rollout + PPO epochs. ``scaler``:
+    fp16 loss scaling (none by default); ``ckpt_root``: the run's checkpoints, which the NaN
+    guard names."""
 
     def __init__(self, model: nn.Module, value_head: ValueHead, tokenizer, reward: Callable,
                  optimizer: torch.optim.Optimizer, scheduler=None, settings: PPOSettings | None = None,
-                 generation: GenerationSettings | None = None, autocast=None):
+                 generation: GenerationSettings | None = None, autocast=None,
+                 scaler: torch.amp.GradScaler | None = None, ckpt_root: str | Path = "checkpoints"):
         if not hasattr(model, "disable_adapter"):
             raise ValueError("PPO needs a PEFT model: the reference policy is the model with its adapter disabled")
         self.model, self.value_head, self.tokenizer, self.reward = model, value_head, tokenizer, reward
@@ -285,6 +291,8 @@ class PPO:
         self.s = settings or PPOSettings()
         self.gen = generation or GenerationSettings()
         self.autocast = autocast or nullcontext()
+        self.scaler = scaler or torch.amp.GradScaler(enabled=False)
+        self.ckpt_root = Path(ckpt_root)
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
 
@@ -329,51 +337,53 @@ class PPO:
                        scores.float(), rewards, kl, adv, returns, entropy, texts)
 
     # ---- optimisation
-    def update(self, ro: Rollout) -> dict[str, float]:
+    def update(self, ro: Rollout, step: int = 0) -> dict[str, float]:
+        """PPO epochs on one rollout; ``step`` (the iteration) names where a NaN loss stopped the run."""
         B = ro.responses.shape[0]
         mb = self.s.mini_batch_size or B
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": [], "value_clip_frac": [],
                                          "approx_kl": []}
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        lr = self.optimizer.param_groups[0].get("initial_lr", self.optimizer.param_groups[0]["lr"])
         set_eval_mode(self.model)  # dropout off: the same policy that produced the old log-probs
         self.value_head.train()
         try:
             for _ in range(self.s.ppo_epochs):
                 order = torch.randperm(B)
-                for s in range(0, B, mb):
-                    idx = order[s: s + mb]
-                    logprobs, values, _ = self.policy_stats(ro.input_ids[idx], ro.attention_mask[idx],
-                                                            ro.prompt_len, ro.responses[idx])
-                    m = ro.mask[idx]
-                    pg, clip_frac = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], m,
-                                                        self.s.clip_range)
-                    vf, vclip = clipped_value_loss(values, ro.values[idx], ro.returns[idx], m,
-                                                   self.s.clip_range_value)
-                    loss = pg + self.s.vf_coef * vf
-                    if not torch.isfinite(loss):
-                        from ..training.engine import TrainingDiverged
-
-                        raise TrainingDiverged(f"PPO loss became {loss.item()}; lower train.lr or kl_coef")
+                minibatches = [order[s: s + mb] for s in range(0, B, mb)]
+                for g in range(0, len(minibatches), self.s.grad_accum):
+                    group = minibatches[g: g + self.s.grad_accum]
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    for idx in group:
+                        logprobs, values, _ = self.policy_stats(ro.input_ids[idx], ro.attention_mask[idx],
+                                                                ro.prompt_len, ro.responses[idx])
+                        m = ro.mask[idx]
+                        pg, clip_frac = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], m,
+                                                            self.s.clip_range)
+                        vf, vclip = clipped_value_loss(values, ro.values[idx], ro.returns[idx], m,
+                                                       self.s.clip_range_value)
+                        loss = pg + self.s.vf_coef * vf
+                        check_finite(loss.item(), step, self.ckpt_root, lr, "the PPO loss")
+                        self.scaler.scale(loss / len(group)).backward()
+                        approx_kl = masked_mean(0.5 * (logprobs.detach() - ro.logprobs[idx]) ** 2, m)
+                        for key, value in zip(stats, (pg, vf, clip_frac, vclip, approx_kl)):
+                            stats[key].append(value.item())
                     if self.s.max_grad_norm:
+                        self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)
-                    self.optimizer.step()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                     if self.scheduler is not None:
                         self.scheduler.step()
-                    stats["policy_loss"].append(pg.item())
-                    stats["value_loss"].append(vf.item())
-                    stats["clip_frac"].append(clip_frac.item())
-                    stats["value_clip_frac"].append(vclip.item())
-                    stats["approx_kl"].append(masked_mean(0.5 * (logprobs.detach() - ro.logprobs[idx]) ** 2, m).item())
         finally:
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
-    def step(self, prompt_ids: list[list[int]], messages: list[list[dict]]) -> tuple[dict[str, float], Rollout]:
+    def step(self, prompt_ids: list[list[int]], messages: list[list[dict]],
+             iteration: int = 0) -> tuple[dict[str, float], Rollout]:
         ro = self.rollout(prompt_ids, messages)
-        stats = self.update(ro)
+        stats = self.update(ro, iteration)
         seq_kl = (ro.kl.sum(-1)).mean().item()
         record = {"reward": ro.scores.mean().item(), "reward_std": ro.scores.std().item() if len(ro.scores) > 1 else 0.0,
                   "kl": seq_kl, "entropy": ro.entropy.item(), "response_len": ro.mask.sum(-1).mean().item(),
@@ -408,6 +418,12 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
 
 def n_iterations(n_prompts: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
     return max_steps or max(1, math.ceil(epochs * n_prompts / batch_size))
+
+
+def n_updates(iterations: int, rollout_size: int, settings: PPOSettings) -> int:
+    """Optimizer steps of a run: per iteration and PPO epoch, one per ``grad_accum`` mini-batches."""
+    minibatches = -(-rollout_size // (settings.mini_batch_size or rollout_size))
+    return iterations * settings.ppo_epochs * -(-minibatches // settings.grad_accum)
 
 
 def prompt_batches(n: int, batch_size: int, seed: int):

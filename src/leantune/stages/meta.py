@@ -4,32 +4,51 @@ catalog method (only the method's trainable parameters learn):
 - ``protonet`` (Snell et al. 2017, arXiv:1703.05175): episode loss = cross-entropy of the
   queries over negative squared distances to the class prototypes (mean support embeddings);
 - ``reptile`` (first-order; Nichol et al. 2018, arXiv:1803.02999): per episode, ``inner_steps``
-  SGD steps on the prototypical loss of the episode, then θ ← θ + meta_lr (θ' − θ).
+  SGD steps on the prototypical loss of the episode from θ, giving θ'; then
+  θ ← θ + meta_lr (mean θ' − θ) over the step's episodes.
 
 Evaluation is on classes not seen in training: with ``unseen_classes: N``, N classes (chosen with
 ``train.seed``) are removed from the training data and their examples (training and evaluation
 files) form the test classes; otherwise ``data.eval`` is used as given (and its overlap with the
 training classes is reported). Metric: mean query accuracy over ``eval_episodes`` episodes
 (reptile adapts on each episode's support set first), with a 95% interval.
-Episodes replace ``train.max_steps``/``epochs``: ``episodes`` (or ``train.max_steps`` when set).
+
+Training uses the engine's pieces. A step is one meta-update on the mean over ``train.grad_accum``
+episodes: ``train.max_steps`` counts steps (as in the engine), ``episodes`` counts episodes, so
+without ``max_steps`` a run has ⌈episodes / grad_accum⌉ steps. ``train.precision`` (autocast, fp16
+with loss scaling), ``max_grad_norm``, ``scheduler`` + ``warmup_ratio``, the NaN guard, checkpoints
+every ``save_steps`` and on Ctrl-C (weights, optimizer, scheduler, random states and the episode
+sampler's state) and ``--resume`` apply to both algorithms; ``metrics.jsonl`` logs the ``lr`` each
+step used. For protonet the optimizer is ``train.optimizer`` at ``train.lr``. For reptile the
+meta-update is an SGD step of size β on θ − mean θ' (Nichol et al.'s view of Reptile as a
+gradient), so the schedule and warm-up scale β = ``meta_lr``; the inner loop is plain SGD at
+``inner_lr``, clipped at ``max_grad_norm``. Reptile has no use for ``train.lr`` (ignored, as
+``meta_lr``/``inner_lr`` replace it) and refuses ``train.weight_decay`` and ``train.optimizer``.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
+
 import torch
 
+from ..alignment.ppo import truncate_metrics, write_metrics
 from ..data.collate import pad_batch
 from ..errors import RecipeError
 from ..semisup.contrastive import encode
 from ..semisup.episodes import sample_episode
 from ..semisup.protonet import proto_loss
-from ..semisup.reptile import adapt, load_trainable, reptile_step, trainable_state
-from ..training.engine import TrainResult
-from ..training.optim import build_optimizer, param_groups
+from ..semisup.reptile import adapt, load_trainable, meta_gradient, trainable_state
+from ..training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from ..training.device import autocast_context, resolve_precision
+from ..training.engine import TrainResult, seed_everything
+from ..training.guard import check_finite
+from ..training.interrupt import stop_on_signals
+from ..training.optim import build_optimizer, build_scheduler, param_groups
+from ..training.progress import TrainProgress
 from .registry import PreparedData, Stage, register
 from .settings import MetaSettings
 
@@ -40,6 +59,7 @@ class Meta(Stage):
     summary = "N-way K-shot meta-learning: prototypical networks or first-order Reptile; accuracy on unseen classes."
     data_kinds = ("classification",)
     custom_loop = True
+    multi_process = False  # its own loop runs in one process
 
     Config = MetaSettings
 
@@ -52,6 +72,13 @@ class Meta(Stage):
         cfg = self.config
         if recipe.train.adversarial is not None:
             raise RecipeError("stage meta runs its own episode loop: train.adversarial is not supported here")
+        if cfg.algorithm == "reptile" and recipe.train.weight_decay:
+            raise RecipeError("train.weight_decay does not apply to stage meta with algorithm reptile (its "
+                              "meta-update is θ ← θ + meta_lr·(θ' − θ)); remove it or use algorithm protonet")
+        if cfg.algorithm == "reptile" and recipe.train.optimizer != "adamw":
+            raise RecipeError(f"train.optimizer {recipe.train.optimizer} does not apply to stage meta with "
+                              f"algorithm reptile (plain SGD at inner_lr, then a meta step of size meta_lr); "
+                              f"remove it or use algorithm protonet")
         self.pad_id = tokenizer.pad_token_id or 0
         self.seed = recipe.train.seed
         train_classes = sorted({str(e["label"]) for e in train_examples})
@@ -126,39 +153,88 @@ class Meta(Stage):
                              "n_way": self._n_way(self.eval_classes), "k_shot": cfg.k_shot}
         return {"accuracy": mean, "accuracy_ci95": 1.96 * std / math.sqrt(len(accs)), "episodes": len(accs)}
 
-    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir: Path, data: PreparedData, method, tokenizer, progress, resume, say,
+            runtime=None):
+        """Meta-training (see the module docstring); ``resume`` continues from the last checkpoint
+        and ends as an uninterrupted run would."""
         cfg, tc = self.config, recipe.train
-        episodes = tc.max_steps or cfg.episodes
-        labels = [f["class"] for f in data.train]
-        n_way = self._n_way(self.train_classes)
-        rng = random.Random(self.seed)
-        optimizer = None
-        if cfg.algorithm == "protonet":
-            optimizer = build_optimizer(tc.optimizer, param_groups(model, tc.lr, tc.weight_decay), tc.lr)
+        reptile = cfg.algorithm == "reptile"
+        seed_everything(tc.seed)
+        device = runtime.device if runtime is not None else next(model.parameters()).device
+        precision = runtime.precision if runtime is not None else resolve_precision(tc.precision, device)
+        autocast, self.precision = autocast_context(precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        total = tc.max_steps or math.ceil(cfg.episodes / tc.grad_accum)
+        lr, wd = (cfg.meta_lr, 0.0) if reptile else (tc.lr, tc.weight_decay)
+        groups = method.param_groups(model, lr, wd) or param_groups(model, lr, wd)
+        optimizer = torch.optim.SGD(groups, lr=lr) if reptile else build_optimizer(tc.optimizer, groups, lr)
+        scheduler = build_scheduler(tc.scheduler, optimizer, total, tc.warmup_ratio)
+        labels, n_way = [f["class"] for f in data.train], self._n_way(self.train_classes)
+        sampler = random.Random(self.seed)
+        metrics, ckpt_root = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "checkpoints"
+        start, history = 0, []
+        if resume and (ckpts := list_checkpoints(ckpt_root)):
+            state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
+            start, (version, inner, gauss) = state["step"], state["sampler"]
+            sampler.setstate((version, tuple(inner), gauss))
+            if state["scaler"]:
+                scaler.load_state_dict(state["scaler"])
+            history = truncate_metrics(metrics, start)
+            say(f"resuming meta-training from {ckpts[-1]}")
+        else:
+            if resume:
+                say("[yellow]no meta-training checkpoint to resume from; starting over")
+            metrics.unlink(missing_ok=True)
+
+        def loss_fn(ep):
+            with autocast:
+                return self.episode_loss(model, data.train, ep)[0]
+
         model.train()
-        history, t0, tokens, loss_value = [], time.perf_counter(), 0, float("nan")
-        metrics_path = run_dir / "metrics.jsonl"
-        for step in range(1, episodes + 1):
-            ep = sample_episode(labels, n_way, cfg.k_shot, cfg.n_query, rng)
-            tokens += sum(len(data.train[i]["input_ids"]) for i in ep.support + ep.query)
-            if optimizer is not None:
-                loss, acc = self.episode_loss(model, data.train, ep)
-                loss.backward()
-                if tc.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
-                optimizer.step()
+        bar = TrainProgress(total, start, enabled=progress, label="meta")
+        t0, tokens, loss_value, step = time.perf_counter(), 0, float("nan"), start
+        with stop_on_signals() as stop, bar:
+            for step in range(start + 1, total + 1):
+                episodes = [sample_episode(labels, n_way, cfg.k_shot, cfg.n_query, sampler)
+                            for _ in range(tc.grad_accum)]
+                tokens += sum(len(data.train[i]["input_ids"]) for ep in episodes for i in ep.support + ep.query)
+                step_lr = scheduler.get_last_lr()[0]
+                if reptile:
+                    loss_value = meta_gradient(model, [partial(loss_fn, ep) for ep in episodes],
+                                               cfg.inner_steps, cfg.inner_lr, tc.max_grad_norm, scaler)
+                    check_finite(loss_value, step, ckpt_root, cfg.inner_lr, "the Reptile inner loss (at inner_lr)")
+                    optimizer.step()
+                else:
+                    loss_value = 0.0
+                    for ep in episodes:
+                        loss = loss_fn(ep)
+                        check_finite(episode_loss := loss.item(), step, ckpt_root, tc.lr)
+                        scaler.scale(loss / len(episodes)).backward()
+                        loss_value += episode_loss / len(episodes)
+                    if tc.max_grad_norm:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       tc.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                method.after_backward(model, step)
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_value = float(loss.detach())
-            else:
-                loss_value = reptile_step(model, lambda: self.episode_loss(model, data.train, ep)[0],
-                                          cfg.inner_steps, cfg.inner_lr, cfg.meta_lr)
-            if step % tc.logging_steps == 0 or step == episodes:
-                rec = {"step": step, "loss": loss_value}
-                history.append(rec)
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+                elapsed = time.perf_counter() - t0
+                bar.update(step, loss_value, tokens / max(elapsed, 1e-9))
+                if step % tc.logging_steps == 0 or step == total:
+                    rec = {"step": step, "loss": loss_value, "lr": step_lr, "episodes": step * tc.grad_accum,
+                           "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
+                    history.append(rec)
+                    write_metrics(metrics, rec)
+                if (tc.save_steps and step % tc.save_steps == 0) or stop:
+                    save_checkpoint(ckpt_root, step, model, optimizer, scheduler,
+                                    {"loss": loss_value, "sampler": sampler.getstate(),
+                                     "scaler": scaler.state_dict()}, tc.save_total_limit)
+                if stop:
+                    raise stop.interrupted(f"meta step {step}", str(ckpt_root))
         wall = time.perf_counter() - t0
-        return model, TrainResult(steps=episodes, final_loss=loss_value, wall_time_s=wall, tokens=tokens,
+        return model, TrainResult(steps=step, final_loss=loss_value, wall_time_s=wall, tokens=tokens,
                                   tokens_per_s=tokens / max(wall, 1e-9), label_tokens_per_s=0.0, history=history)
 
 

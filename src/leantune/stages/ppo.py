@@ -9,15 +9,16 @@ import torch
 from torch import nn
 
 from ..alignment.ppo import (PPO, GenerationSettings, PPOSettings, ValueHead, generate, hidden_size,
-                             n_iterations, now, prompt_batches, response_kl, response_mask, truncate_metrics,
-                             write_metrics)
+                             n_iterations, n_updates, now, prompt_batches, response_kl, response_mask,
+                             truncate_metrics, write_metrics)
 from ..alignment.preference import prompt_messages, render_prompt
 from ..alignment.rewards import resolve_reward
 from ..data.templates import resolve_template
 from ..errors import RecipeError
 from ..methods.registry import wraps_model
 from ..training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from ..training.engine import TrainResult, autocast_context, seed_everything
+from ..training.device import autocast_context, resolve_precision
+from ..training.engine import TrainResult, seed_everything
 from ..training.interrupt import stop_on_signals
 from ..training.progress import TrainProgress
 from ..training.optim import build_optimizer, build_scheduler, param_groups
@@ -32,6 +33,7 @@ class PPOStage(Stage):
                "disabled reference, GAE; reward from an rm run or a Python function.")
     data_kinds = ("chat", "preference")
     custom_loop = True
+    multi_process = False  # its own loop runs in one process
 
     Config = PPOStageSettings
 
@@ -94,35 +96,42 @@ class PPOStage(Stage):
             out["kl"] = torch.cat(kls).mean().item()
         return out
 
-    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say, runtime=None):
         """PPO iterations with the engine's checkpoints: every ``train.save_steps`` iterations and on
-        Ctrl-C, ``checkpoints/step-N/`` holds the adapter and value head, optimizer, scheduler and
-        random-number states; ``resume`` continues from the last one and ends as an uninterrupted run."""
+        Ctrl-C, ``checkpoints/step-N/`` holds the adapter and value head, optimizer, scheduler, fp16
+        loss-scaler and random-number states; ``resume`` continues from the last one and ends as an
+        uninterrupted run. Device and precision come from ``runtime`` (else the model's device and
+        ``train.precision``); ``train.grad_accum`` mini-batches make one optimizer step."""
         if not wraps_model(method):
             raise RecipeError("stage ppo: the method must be PEFT-based (e.g. lora): the reference policy "
                               "is the model with its adapter disabled")
         cfg, c = recipe.train, self.config
         seed_everything(cfg.seed)
-        device = next(model.parameters()).device
+        device = runtime.device if runtime is not None else next(model.parameters()).device
+        precision = runtime.precision if runtime is not None else resolve_precision(cfg.precision, device)
         self.value_head = ValueHead(hidden_size(model)).to(device)
         trainable = nn.ModuleDict({"policy": model, "value_head": self.value_head})  # what a checkpoint holds
         iterations = n_iterations(len(data.train), cfg.batch_size, cfg.epochs, cfg.max_steps)
-        mb = c.mini_batch_size or cfg.batch_size
-        updates = iterations * c.ppo_epochs * -(-min(cfg.batch_size, len(data.train)) // mb)
+        settings = PPOSettings(c.kl_coef, c.gamma, c.lam, c.clip_range, c.clip_range_value, c.vf_coef, c.ppo_epochs,
+                               c.mini_batch_size, c.whiten_advantages, cfg.max_grad_norm, cfg.grad_accum)
         groups = param_groups(model, cfg.lr, cfg.weight_decay)
         groups.append({"params": list(self.value_head.parameters()), "weight_decay": 0.0, "lr": cfg.lr})
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr)
-        scheduler = build_scheduler(cfg.scheduler, optimizer, updates, cfg.warmup_ratio)
-        autocast, self.precision = autocast_context(cfg.precision, device)
-        ppo = PPO(model, self.value_head, tokenizer, self.reward_fn, optimizer, scheduler,
-                  PPOSettings(c.kl_coef, c.gamma, c.lam, c.clip_range, c.clip_range_value, c.vf_coef, c.ppo_epochs,
-                              c.mini_batch_size, c.whiten_advantages, cfg.max_grad_norm),
-                  self.generation(), autocast)
+        scheduler = build_scheduler(cfg.scheduler, optimizer,
+                                    n_updates(iterations, min(cfg.batch_size, len(data.train)), settings),
+                                    cfg.warmup_ratio)
+        autocast, self.precision = autocast_context(precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         metrics, ckpt_root = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "checkpoints"
+        ppo = PPO(model, self.value_head, tokenizer, self.reward_fn, optimizer, scheduler, settings,
+                  self.generation(), autocast, scaler, ckpt_root)
         batches = prompt_batches(len(data.train), cfg.batch_size, cfg.seed)
         start, history = 0, []
         if resume and (ckpts := list_checkpoints(ckpt_root)):
-            start = load_checkpoint(ckpts[-1], trainable, optimizer, scheduler)["step"]
+            state = load_checkpoint(ckpts[-1], trainable, optimizer, scheduler)
+            start = state["step"]
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             history = truncate_metrics(metrics, start)
             for _ in range(start):  # the prompt batches already used
                 next(batches)
@@ -138,7 +147,7 @@ class PPOStage(Stage):
             for step in range(start + 1, iterations + 1):
                 idx = next(batches)
                 feats = [data.train[i] for i in idx]
-                record, ro = ppo.step([f["input_ids"] for f in feats], [f["messages"] for f in feats])
+                record, ro = ppo.step([f["input_ids"] for f in feats], [f["messages"] for f in feats], step)
                 tokens += int(ro.attention_mask.sum())
                 elapsed = now() - t0
                 record = {"step": step, **{k: round(v, 6) for k, v in record.items()},
@@ -148,8 +157,8 @@ class PPOStage(Stage):
                     history.append(record)
                     write_metrics(metrics, record)
                 if (cfg.save_steps and step % cfg.save_steps == 0) or stop:
-                    save_checkpoint(ckpt_root, step, trainable, optimizer, scheduler, {"loss": record["loss"]},
-                                    cfg.save_total_limit)
+                    save_checkpoint(ckpt_root, step, trainable, optimizer, scheduler,
+                                    {"loss": record["loss"], "scaler": scaler.state_dict()}, cfg.save_total_limit)
                 if stop:
                     raise stop.interrupted(f"PPO iteration {step}", str(ckpt_root))
         wall = now() - t0
