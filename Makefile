@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/leantune demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not cuda" tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

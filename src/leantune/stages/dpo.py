@@ -3,14 +3,14 @@ DPOTrainer; the reference is the base model with the adapter disabled. ``loss_ty
 takes TRL's variants (sigmoid = DPO, ipo = Azar et al. 2023, hinge, robust, …)."""
 from __future__ import annotations
 
-from pathlib import Path
 import torch
 
 from ..alignment.preference import collate_pairs, render_prompt, render_reply, reply_logps, tokenize_preferences
-from ..alignment.trl_support import MetricsCallback, run_trainer, split_peft, trained_model, trl_args
+from ..alignment.trl_support import run_trainer, split_peft, trained_model, trl_args
 from ..data.templates import resolve_template
 from ..errors import RecipeError
 from ..training.modes import evaluating
+from ..training.runtime import build_runtime
 from .registry import PreparedData, Stage, register
 from .settings import DPOSettings
 
@@ -47,22 +47,23 @@ class DPO(Stage):
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
         return preference_logp_metrics(model, features, batch_size, self.pad_id, self.config.beta)
 
-    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say, runtime=None):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
         c = self.config
+        runtime = runtime or build_runtime(recipe.train)
+        self.precision = runtime.precision
         base, peft_config, ref = split_peft(model)
-        args, self.precision = trl_args(recipe, run_dir)
+        args = trl_args(recipe, run_dir, runtime)
         losses = c.loss_type if isinstance(c.loss_type, list) else [c.loss_type]
         config = DPOConfig(**args, beta=c.beta, loss_type=losses, loss_weights=c.loss_weights,
                            label_smoothing=c.label_smoothing, max_length=recipe.train.max_length)
         cols = lambda rs: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rs]  # noqa: E731
-        callback = MetricsCallback(Path(run_dir) / "metrics.jsonl")
         trainer = DPOTrainer(model=base, ref_model=ref, args=config, train_dataset=Dataset.from_list(cols(self.train_rows)),
                              eval_dataset=Dataset.from_list(cols(self.eval_rows)) if self.eval_rows else None,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
-        result = run_trainer(trainer, callback)
+                             processing_class=tokenizer, peft_config=peft_config)
+        result = run_trainer(trainer, run_dir, resume)
         return trained_model(trainer), result
 
 

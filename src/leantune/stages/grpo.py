@@ -5,14 +5,14 @@ The reward is a stage-rm run directory or a Python function (see ``alignment/rew
 with ``beta > 0`` the KL reference is the base model with the adapter disabled."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 from ..alignment.preference import prompt_messages, render_prompt
 from ..alignment.rewards import resolve_reward
-from ..alignment.trl_support import MetricsCallback, run_trainer, split_peft, trained_model, trl_args
+from ..alignment.trl_support import run_trainer, split_peft, trained_model, trl_args
 from ..data.templates import resolve_template
 from ..errors import RecipeError
+from ..training.runtime import build_runtime
 from .ppo import PPOStage
 from .registry import PreparedData, Stage, register
 from .settings import GRPOSettings, RLOOSettings
@@ -63,15 +63,15 @@ class _GroupRL(Stage):
                     temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, beta=c.beta, epsilon=c.epsilon,
                     num_iterations=c.num_iterations)
 
-    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say):
+    def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say, runtime=None):
         from datasets import Dataset
 
         config_cls, trainer_cls = self.trainer_classes()
+        runtime = runtime or build_runtime(recipe.train)
+        self.precision = runtime.precision
         base, peft_config, ref = split_peft(model)
-        args, self.precision = trl_args(recipe, run_dir)
-        config = config_cls(**args, **self.config_kwargs())
+        config = config_cls(**trl_args(recipe, run_dir, runtime), **self.config_kwargs())
         rows = [{"prompt": f["prompt"], "messages": f["messages"]} for f in data.train]
-        callback = MetricsCallback(Path(run_dir) / "metrics.jsonl")
         if ref is not None and self.config.beta > 0:
             say(f"[yellow]stage {self.name}: without a PEFT adapter TRL loads the KL reference from "
                 f"config.name_or_path; set beta: 0 or use lora")
@@ -79,8 +79,8 @@ class _GroupRL(Stage):
         try:
             trainer = trainer_cls(model=base, reward_funcs=self.reward_fn.as_trl(), args=config,
                                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                  peft_config=peft_config, callbacks=[callback])
-            result = run_trainer(trainer, callback)
+                                  peft_config=peft_config)
+            result = run_trainer(trainer, run_dir, resume)
         finally:
             tokenizer.padding_side = "right"
         return trained_model(trainer), result

@@ -24,9 +24,10 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def _fsync_tree(folder: Path) -> None:
-    for f in folder.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def rng_state() -> dict:
@@ -49,16 +50,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer, scheduler, info: dict, keep: int) -> Path:
+def begin_checkpoint(root: Path, step: int) -> Path:
+    """The empty temporary folder checkpoint ``step`` is written into."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    return tmp
+
+
+def write_trainable(model: nn.Module, folder: Path) -> None:
     trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    save_file(trainable, folder / "trainable.safetensors")
+
+
+def finish_checkpoint(root: Path, step: int, tmp: Path, info: dict, keep: int) -> Path:
+    """State and random numbers, flushed to disk, then the atomic rename to ``step-N``; only
+    the newest ``keep`` checkpoints stay."""
+    final = root / f"step-{step}"
     (tmp / "state.json").write_text(json.dumps({"step": step, "rng": rng_state(), **info}))
     _fsync_tree(tmp)
     if final.exists():
@@ -67,6 +77,13 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer, schedule
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer, scheduler, info: dict, keep: int) -> Path:
+    tmp = begin_checkpoint(root, step)
+    write_trainable(model, tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    return finish_checkpoint(root, step, tmp, info, keep)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import LeantuneError, RecipeError, RunStateError
 from ..recipe import TrainSection
-from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_checkpoint, rng_state,
+                         save_checkpoint, write_trainable)
 from .guard import TrainingDiverged, check_finite
 from .interrupt import stop_on_signals
 from .optim import build_optimizer, build_scheduler, param_groups
@@ -204,26 +205,47 @@ class Engine:
 
     # ------------------------------------------------------------------ state
     def _save(self, step: int, optimizer, scheduler, loss_value: float) -> None:
-        """Every process's random state to rank 0, which writes the checkpoint."""
-        info = {"loss": loss_value, "world_size": self.runtime.world_size}
-        if self.runtime.distributed:
-            info["rng_ranks"] = self.runtime.gather_objects(rng_state())
-        if self.runtime.is_main:
-            save_checkpoint(self.ckpt_root, step, self.model, optimizer, scheduler, info, self.cfg.save_total_limit)
-        self.runtime.barrier()
+        """Rank 0 writes the checkpoint, with every process's random state. Under ZeRO / FSDP the
+        optimizer state is split over the processes: each writes its part through
+        ``accelerator.save_state`` and the trainable weights are gathered whole."""
+        rt = self.runtime
+        info = {"loss": loss_value, "world_size": rt.world_size, "strategy": rt.strategy}
+        if rt.distributed:
+            info["rng_ranks"] = rt.gather_objects(rng_state())
+        if not rt.sharded:
+            if rt.is_main:
+                save_checkpoint(self.ckpt_root, step, self.model, optimizer, scheduler, info, self.cfg.save_total_limit)
+            rt.barrier()
+            return
+        tmp = begin_checkpoint(self.ckpt_root, step) if rt.is_main else self.ckpt_root / f".tmp-step-{step}"
+        rt.barrier()
+        rt.accelerator.save_state(str(tmp / "accelerate"))
+        with rt.gathered(self.model):
+            if rt.is_main:
+                write_trainable(self.model, tmp)
+        rt.barrier()
+        if rt.is_main:
+            finish_checkpoint(self.ckpt_root, step, tmp, info, self.cfg.save_total_limit)
+        rt.barrier()
 
-    def _resume(self, optimizer, scheduler) -> tuple[int, list[dict]]:
+    def _last_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, checked against this run's processes and strategy."""
         ckpts = list_checkpoints(self.ckpt_root)
         if not ckpts:
-            return 0, []
-        saved = json.loads((ckpts[-1] / "state.json").read_text()).get("world_size", 1)
+            return None
+        state = json.loads((ckpts[-1] / "state.json").read_text())
+        saved, strategy = state.get("world_size", 1), state.get("strategy", "single")
         if saved != self.runtime.world_size:
             raise RunStateError(
                 f"--resume: {ckpts[-1]} was written by a run of {saved} process(es) and this one has "
                 f"{self.runtime.world_size}; the global batch (train.batch_size × processes) would change mid-run. "
                 f"Resume with --nproc {saved}")
-        state = load_checkpoint(ckpts[-1], self.model, optimizer, scheduler, rank=self.runtime.rank)
-        return state["step"], self._truncate_metrics(state["step"])
+        if (strategy in ("fsdp", "deepspeed")) != self.runtime.sharded or (
+                self.runtime.sharded and strategy != self.runtime.strategy):
+            raise RunStateError(f"--resume: {ckpts[-1]} was written under strategy {strategy} and this run uses "
+                                f"{self.runtime.strategy}; its optimizer state is laid out for {strategy}. Resume "
+                                f"with the same train.distributed settings")
+        return ckpts[-1]
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
@@ -238,10 +260,18 @@ class Engine:
         groups = self.param_groups_fn(model, cfg.lr, cfg.weight_decay) if self.param_groups_fn else None
         optimizer = build_optimizer(cfg.optimizer, groups or param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
         scheduler = build_scheduler(cfg.scheduler, optimizer, self.total_steps, cfg.warmup_ratio)
-        start, history = self._resume(optimizer, scheduler) if resume else (0, [])
+        ckpt = self._last_checkpoint() if resume else None
+        if ckpt is not None and not rt.sharded:
+            load_checkpoint(ckpt, model, optimizer, scheduler, rank=rt.rank)
+        step_module, prepared_optimizer = accelerator.prepare(TrainStep(model, self.loss_fn), optimizer)
+        if rt.sharded:  # its state travels with accelerate's save_state / load_state
+            accelerator.register_for_checkpointing(scheduler)
+        if ckpt is not None and rt.sharded:
+            accelerator.load_state(str(ckpt / "accelerate"))
+        start = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
+        history = self._truncate_metrics(start) if start else []
         if not start and self.metrics_path.exists() and rt.is_main:
             self.metrics_path.unlink()
-        step_module, prepared_optimizer = accelerator.prepare(TrainStep(model, self.loss_fn), optimizer)
         # DeepSpeed divides each backward by its accumulation steps itself
         accum_scale = cfg.grad_accum if rt.strategy == "deepspeed" else 1
         step_module.train()

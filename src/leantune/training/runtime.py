@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +47,29 @@ class Runtime:
         """Parameters are split over processes: every process must take part in each forward."""
         return self.strategy in ("fsdp", "deepspeed")
 
+    @contextmanager
+    def gathered(self, model):
+        """Every parameter whole on every process for the block (ZeRO-3 and FSDP split them; a
+        PEFT adapter saved from split parameters is empty). Nothing to do for the others."""
+        if self.strategy == "deepspeed" and _zero_stage(self.accelerator) == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+                yield
+        elif self.strategy == "fsdp":
+            from torch.distributed.fsdp import FSDPModule
+
+            sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+            for m in sharded:
+                m.unshard()
+            try:
+                yield
+            finally:
+                for m in sharded:
+                    m.reshard()
+        else:
+            yield
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
@@ -73,6 +97,11 @@ class Runtime:
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def _zero_stage(accelerator) -> int:
+    plugin = accelerator.state.deepspeed_plugin
+    return int(plugin.zero_stage) if plugin is not None else 0
 
 
 def world_size() -> int:
@@ -127,7 +156,7 @@ def _check_gpu_count(device: torch.device, processes: int) -> None:
                           f"or set train.device: cpu to run CPU processes")
 
 
-def _plugins(cfg, strategy: str, precision: str) -> dict:
+def _plugins(cfg, strategy: str, processes: int) -> dict:
     """The accelerate plugin for FSDP2 or DeepSpeed from the recipe."""
     dist = cfg.distributed
     offload = dist.offload if dist is not None else "none"
@@ -141,15 +170,28 @@ def _plugins(cfg, strategy: str, precision: str) -> dict:
         from accelerate.utils import DeepSpeedPlugin
 
         if cfg.deepspeed:
-            return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=str(cfg.deepspeed),
-                                                         gradient_accumulation_steps=cfg.grad_accum)}
-        stage = dist.zero_stage if dist is not None else 2
-        return {"deepspeed_plugin": DeepSpeedPlugin(
-            zero_stage=stage, gradient_accumulation_steps=cfg.grad_accum,
-            offload_optimizer_device="cpu" if offload != "none" else "none",
-            offload_param_device="cpu" if offload == "all" and stage == 3 else "none",
-            zero3_save_16bit_model=False)}
+            plugin = DeepSpeedPlugin(hf_ds_config=str(cfg.deepspeed), gradient_accumulation_steps=cfg.grad_accum)
+        else:
+            stage = dist.zero_stage if dist is not None else 2
+            plugin = DeepSpeedPlugin(
+                zero_stage=stage, gradient_accumulation_steps=cfg.grad_accum,
+                offload_optimizer_device="cpu" if offload != "none" else "none",
+                offload_param_device="cpu" if offload == "all" and stage == 3 else "none",
+                zero3_save_16bit_model=stage == 3)
+        _fill_auto(plugin.deepspeed_config, {
+            "train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
+            "train_batch_size": cfg.batch_size * processes * cfg.grad_accum,
+            "gradient_clipping": cfg.max_grad_norm or 0.0})
+        return {"deepspeed_plugin": plugin}
     return {}
+
+
+def _fill_auto(config: dict, values: dict) -> None:
+    """The recipe's numbers where a DeepSpeed config says "auto" or nothing (the engine feeds
+    DeepSpeed its own batches, so DeepSpeed cannot infer them from a data loader)."""
+    for key, value in values.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
 
 
 def build_runtime(cfg) -> Runtime:
@@ -171,7 +213,7 @@ def build_runtime(cfg) -> Runtime:
         cpu=device.type == "cpu", mixed_precision=MIXED[precision],
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout)),
                          DistributedDataParallelKwargs(find_unused_parameters=True)],
-        **_plugins(cfg, strategy, precision))
+        **_plugins(cfg, strategy, processes))
     return Runtime(accelerator=accelerator, device=device if device.type == "cpu" else accelerator.device,
                    precision=precision, strategy=strategy, rank=accelerator.process_index,
                    world_size=accelerator.num_processes)

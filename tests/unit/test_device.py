@@ -1,0 +1,140 @@
+"""Device, precision and strategy resolution (training/device.py, training/runtime.py), with the
+GPU count and capabilities of imagined machines: a CPU box, one GPU, four GPUs, an old GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leantune.errors import RecipeError
+from leantune.recipe import TrainSection
+from leantune.training import device as device_mod
+from leantune.training import runtime as runtime_mod
+from leantune.training.device import keep_fp32_master_weights, resolve_device, resolve_precision
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """``machine(gpus=N, bf16=True, cpu_bf16=False)`` pretends torch sees that hardware."""
+    def make(gpus: int = 0, bf16: bool = True, cpu_bf16: bool = False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100" if not bf16 else "H200")
+        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: cpu_bf16)
+    return make
+
+
+@pytest.mark.parametrize("gpus, spec, rank, expected", [
+    (0, "auto", 0, "cpu"),
+    (0, "auto", 3, "cpu"),
+    (1, "auto", 0, "cuda:0"),
+    (4, "auto", 3, "cuda:3"),
+    (4, "cuda", 2, "cuda:2"),
+    (4, "cuda:1", 0, "cuda:1"),
+    (4, "cpu", 1, "cpu"),
+    (2, "auto", 5, "cuda:1"),   # rank on a second machine: LOCAL_RANK wraps over this machine's GPUs
+])
+def test_device_resolution(machine, gpus, spec, rank, expected):
+    machine(gpus=gpus)
+    assert resolve_device(spec, rank) == torch.device(expected)
+
+
+def test_auto_device_follows_local_rank(machine, monkeypatch):
+    machine(gpus=4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == torch.device("cuda:2")
+
+
+@pytest.mark.parametrize("gpus, spec, message", [
+    (0, "cuda", "torch sees none"),
+    (0, "cuda:0", "torch sees none"),
+    (2, "cuda:2", "cuda:0 … cuda:1"),
+    (2, "tpu", "not a device"),
+])
+def test_device_errors_name_the_setting(machine, gpus, spec, message):
+    machine(gpus=gpus)
+    with pytest.raises(RecipeError, match="train.device") as exc:
+        resolve_device(spec, 0)
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("gpus, gpu_bf16, cpu_bf16, requested, device, expected", [
+    (0, True, False, "auto", "cpu", "fp32"),      # Xeon without AVX512-BF16: emulated bf16 is slower
+    (0, True, True, "auto", "cpu", "bf16"),       # AMX / AVX512-BF16
+    (1, True, False, "auto", "cuda:0", "bf16"),   # Ampere and later
+    (1, False, False, "auto", "cuda:0", "fp16"),  # V100, T4: fp16 with loss scaling
+    (1, False, False, "fp32", "cuda:0", "fp32"),
+    (0, True, False, "bf16", "cpu", "bf16"),      # asked for: allowed (emulated)
+])
+def test_precision_resolution(machine, gpus, gpu_bf16, cpu_bf16, requested, device, expected):
+    machine(gpus=gpus, bf16=gpu_bf16, cpu_bf16=cpu_bf16)
+    assert resolve_precision(requested, torch.device(device)) == expected
+
+
+def test_fp16_on_cpu_and_bf16_on_an_old_gpu_are_refused(machine):
+    machine(gpus=1, bf16=False)
+    with pytest.raises(RecipeError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(RecipeError, match="bf16 is not supported by Tesla V100"):
+        resolve_precision("bf16", torch.device("cuda:0"))
+
+
+def test_master_weights_are_fp32_and_frozen_weights_keep_their_type():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)).to(torch.bfloat16)
+    model[0].requires_grad_(False)
+    assert keep_fp32_master_weights(model) == 2
+    assert model[1].weight.dtype == torch.float32 and model[1].bias.dtype == torch.float32
+    assert model[0].weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("train, gpus, processes, expected", [
+    ({}, 0, 1, "single"),
+    ({}, 0, 2, "ddp"),
+    ({"distributed": {"strategy": "ddp"}}, 4, 4, "ddp"),
+    ({"distributed": {"strategy": "fsdp"}}, 4, 4, "fsdp"),
+])
+def test_strategy_resolution(machine, train, gpus, processes, expected):
+    machine(gpus=gpus)
+    cfg = TrainSection(**train)
+    device = torch.device("cuda:0" if gpus else "cpu")
+    assert runtime_mod.resolve_strategy(cfg, device, processes) == expected
+
+
+def test_accelerate_launch_config_selects_the_strategy(machine, monkeypatch):
+    machine(gpus=2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert runtime_mod.resolve_strategy(TrainSection(), torch.device("cuda:0"), 2) == "fsdp"
+
+
+@pytest.mark.parametrize("train, gpus, processes, message", [
+    ({"distributed": {"strategy": "fsdp"}}, 0, 2, "accelerate enables FSDP only for multi-GPU"),
+    ({"distributed": {"strategy": "fsdp"}}, 1, 1, "this run has one"),
+    ({"distributed": {"strategy": "deepspeed"}}, 1, 1, "pip install deepspeed"),
+    ({"deepspeed": "missing.json"}, 1, 1, "pip install deepspeed"),
+])
+def test_strategy_errors(machine, train, gpus, processes, message):
+    machine(gpus=gpus)
+    device = torch.device("cuda:0" if gpus else "cpu")
+    with pytest.raises(RecipeError, match="train.distributed") as exc:
+        runtime_mod.resolve_strategy(TrainSection(**train), device, processes)
+    assert message in str(exc.value)
+
+
+def test_more_processes_than_gpus_is_refused(machine, monkeypatch):
+    machine(gpus=2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(RecipeError, match="4 processes on this machine but 2 GPU"):
+        runtime_mod._check_gpu_count(torch.device("cuda:0"), 4)
+    from leantune.cli.launch import processes_to_start
+
+    with pytest.raises(RecipeError, match="--nproc 3: this machine has 2 GPU"):
+        processes_to_start(3, "auto")
+    assert processes_to_start(None, "auto") == 2   # every visible GPU by default
+    assert processes_to_start(None, "cpu") == 1
+
+
+def test_single_process_runtime_on_cpu():
+    rt = runtime_mod.build_runtime(TrainSection(device="cpu", precision="fp32"))
+    assert (rt.device, rt.precision, rt.strategy, rt.world_size, rt.is_main) == (
+        torch.device("cpu"), "fp32", "single", 1, True)
+    assert rt.all_sum([1.5, 2.0]) == [1.5, 2.0]
