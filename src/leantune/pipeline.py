@@ -29,7 +29,7 @@ from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, op
 from .stages.registry import build_stage
 from .training.device import keep_fp32_master_weights, move_to_device
 from .training.engine import Engine, count_total_steps, seed_everything
-from .training.runtime import Runtime, build_runtime
+from .training.runtime import Runtime, build_runtime, check_method_fits
 
 
 
@@ -152,6 +152,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         raise RecipeError(f"train.adversarial: stage {stage.name} runs its own training loop, which does not "
                           f"apply adversarial training; use a stage trained by the shared engine")
     method = build_method(recipe.method)  # several entries: a Composite
+    check_method_fits(runtime, [m["name"] for m in recipe.method])
     train_examples, eval_examples = load_data(recipe, stage, base_dir, say)
 
     model_path = resolve_model_path(recipe.model.name)
@@ -216,6 +217,12 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                             param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
             result = engine.fit(resume=resume)
             precision = engine.precision
+        with runtime.gathered(model):  # ZeRO-3 / FSDP: whole weights, or the adapter saved is empty
+            if runtime.is_main:
+                with atomic_dir(run_dir / "adapter", force=True) as tmp:
+                    method.save(model, tmp)
+                    stage.save_extra(model, tmp)
+                    tokenizer.save_pretrained(tmp)
         after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
         answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
                                          recipe.eval.max_new_tokens) if prompts and evaluates else []
@@ -224,10 +231,6 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                               method="+".join(m["name"] for m in recipe.method), stage=stage.name,
                               trainable_params=trainable, total_params=total, train_examples=len(data.train),
                               eval_examples=len(data.eval), steps=result.steps)
-        with atomic_dir(run_dir / "adapter", force=True) as tmp:
-            method.save(model, tmp)
-            stage.save_extra(model, tmp)
-            tokenizer.save_pretrained(tmp)
         peak, kind = peak_memory_mb(runtime.device)
         summary = RunSummary(
             name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,

@@ -138,3 +138,14 @@ def test_single_process_runtime_on_cpu():
     assert (rt.device, rt.precision, rt.strategy, rt.world_size, rt.is_main) == (
         torch.device("cpu"), "fp32", "single", 1, True)
     assert rt.all_sum([1.5, 2.0]) == [1.5, 2.0]
+
+
+def test_fsdp_refuses_qlora_and_ddp_takes_it():
+    fsdp = runtime_mod.Runtime(accelerator=None, device=torch.device("cuda:0"), precision="bf16",
+                               strategy="fsdp", rank=0, world_size=2)
+    with pytest.raises(RecipeError, match="qlora.*cannot be sharded.*strategy: ddp"):
+        runtime_mod.check_method_fits(fsdp, ["qlora"])
+    runtime_mod.check_method_fits(fsdp, ["lora"])
+    ddp = runtime_mod.Runtime(accelerator=None, device=torch.device("cuda:0"), precision="bf16",
+                              strategy="ddp", rank=0, world_size=2)
+    runtime_mod.check_method_fits(ddp, ["qlora"])

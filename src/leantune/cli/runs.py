@@ -30,7 +30,9 @@ def _print_summary(s) -> None:
     console.print(
         f"\ntrainable parameters: {s.trainable_params:,} of {s.total_params:,} ({pct:.3f}%)\n"
         f"steps: {s.steps}   wall time: {s.wall_time_s:.1f} s   tokens/s: {s.tokens_per_s:.0f}   "
-        f"precision: {s.precision}\n{s.memory_kind}: {s.peak_memory_mb:.0f} MB\n"
+        f"precision: {s.precision}   device: {s.device}"
+        f"{f' × {s.processes} processes' if s.processes > 1 else ''}   effective batch: {s.effective_batch}\n"
+        f"{s.memory_kind}: {s.peak_memory_mb:.0f} MB{' (rank 0)' if s.processes > 1 else ''}\n"
         f"run directory: [bold]{s.run_dir}[/]  (report: {s.run_dir}/report.md)", highlight=False, soft_wrap=True,
     )
 

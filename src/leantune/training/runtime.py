@@ -148,6 +148,17 @@ def resolve_strategy(cfg, device: torch.device, processes: int) -> str:
     return "ddp" if processes > 1 else "single"
 
 
+def check_method_fits(runtime: Runtime, method_names: list[str]) -> None:
+    """Methods the strategy cannot split: QLoRA's packed 4-bit weights are not parameters that
+    FSDP or ZeRO-3 can shard (they need a float storage type bitsandbytes sets up for that)."""
+    splits_weights = runtime.strategy == "fsdp" or (
+        runtime.strategy == "deepspeed" and _zero_stage(runtime.accelerator) == 3)
+    if splits_weights and "qlora" in method_names:
+        raise RecipeError(f"method qlora with train.distributed.strategy: {runtime.strategy}"
+                          f"{' (ZeRO-3)' if runtime.strategy == 'deepspeed' else ''}: the 4-bit weights cannot be "
+                          f"sharded; use strategy: ddp (each GPU holds the small 4-bit model) or ZeRO stage 1/2")
+
+
 def _check_gpu_count(device: torch.device, processes: int) -> None:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
