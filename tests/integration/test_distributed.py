@@ -30,22 +30,8 @@ TEXTS = [("great film, loved it", "pos"), ("terrible and boring", "neg"), ("it w
          ("a joy to watch", "pos"), ("waste of time", "neg"), ("neither good nor bad", "mid"),
          ("brilliant", "pos"), ("dreadful", "neg")]
 
-# Loaded by the child interpreters (PYTHONPATH): each micro-batch waits a little, so that the
-# test reliably sees a checkpoint and kills the run before it finishes; the numbers are untouched.
-SLOW_STEPS = '''
-import os
-if os.environ.get("LEANTUNE_TEST_STEP_DELAY"):
-    import time
-    from leantune.training import engine
+SLOW_STEPS = Path(__file__).parent / "slow_steps"  # sitecustomize.py: a delay per micro-batch
 
-    _micro_batch = engine.Engine.micro_batch
-
-    def micro_batch(self, *args):
-        time.sleep(float(os.environ["LEANTUNE_TEST_STEP_DELAY"]))
-        return _micro_batch(self, *args)
-
-    engine.Engine.micro_batch = micro_batch
-'''
 
 
 def child_env(tmp_path: Path, delay: float | None = None) -> dict[str, str]:
@@ -54,10 +40,7 @@ def child_env(tmp_path: Path, delay: float | None = None) -> dict[str, str]:
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     if delay is not None:
-        hook = tmp_path / "hook"
-        hook.mkdir(exist_ok=True)
-        (hook / "sitecustomize.py").write_text(SLOW_STEPS)
-        env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(SLOW_STEPS), env.get("PYTHONPATH", "")])
         env["LEANTUNE_TEST_STEP_DELAY"] = str(delay)
     return env
 

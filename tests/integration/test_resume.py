@@ -31,24 +31,8 @@ QA = [
     ("Print the working directory.", "pwd"),
 ]
 
-# Loaded by the child interpreter (PYTHONPATH): each micro-batch waits a little, so that the
-# parent reliably sees checkpoint step-4 and kills the process before it finishes. The
-# numbers computed are untouched.
-SLOW_STEPS = '''
-import os
-if os.environ.get("LEANTUNE_TEST_STEP_DELAY"):
-    import time
-    from leantune.training import engine
+SLOW_STEPS = Path(__file__).parent / "slow_steps"  # sitecustomize.py: a delay per micro-batch
 
-    _micro_batch = engine.Engine.micro_batch
-
-    def micro_batch(self, *args):
-        time.sleep(float(os.environ["LEANTUNE_TEST_STEP_DELAY"]))
-        return _micro_batch(self, *args)
-
-    engine.Engine.micro_batch = micro_batch
-    open(os.environ["LEANTUNE_TEST_HOOK_MARK"], "w").close()
-'''
 
 
 def child_env(tmp_path: Path, delay: float | None) -> dict[str, str]:
@@ -57,10 +41,7 @@ def child_env(tmp_path: Path, delay: float | None) -> dict[str, str]:
                TOKENIZERS_PARALLELISM="false")
     env.pop("LEANTUNE_TEST_STEP_DELAY", None)
     if delay is not None:
-        hook = tmp_path / "hook"
-        hook.mkdir(exist_ok=True)
-        (hook / "sitecustomize.py").write_text(SLOW_STEPS)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SLOW_STEPS), env.get("PYTHONPATH")]))
         env["LEANTUNE_TEST_STEP_DELAY"] = str(delay)
         env["LEANTUNE_TEST_HOOK_MARK"] = str(tmp_path / "hook-loaded")
     return env
