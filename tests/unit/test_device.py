@@ -149,3 +149,10 @@ def test_fsdp_refuses_qlora_and_ddp_takes_it():
     ddp = runtime_mod.Runtime(accelerator=None, device=torch.device("cuda:0"), precision="bf16",
                               strategy="ddp", rank=0, world_size=2)
     runtime_mod.check_method_fits(ddp, ["qlora"])
+
+
+def test_several_processes_on_one_named_gpu_are_refused(machine, monkeypatch):
+    machine(gpus=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RecipeError, match="cuda:1 puts every one of the 2 processes on one GPU"):
+        runtime_mod.build_runtime(TrainSection(device="cuda:1"))

@@ -120,6 +120,8 @@ class TrainStep(nn.Module):
     def __init__(self, model: nn.Module, loss_fn: LossFn):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
+        if getattr(model, "config", None) is not None:  # DeepSpeed "auto" bucket sizes read the hidden size
+            self.config = model.config
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.loss_fn(self.model, batch)

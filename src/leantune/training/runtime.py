@@ -170,6 +170,8 @@ def _check_gpu_count(device: torch.device, processes: int) -> None:
 def _plugins(cfg, strategy: str, processes: int) -> dict:
     """The accelerate plugin for FSDP2 or DeepSpeed from the recipe."""
     dist = cfg.distributed
+    if dist is None and not cfg.deepspeed:  # the launcher's accelerate config decides (its env vars)
+        return {}
     offload = dist.offload if dist is not None else "none"
     if strategy == "fsdp":
         from accelerate.utils import FullyShardedDataParallelPlugin
@@ -212,6 +214,9 @@ def build_runtime(cfg) -> Runtime:
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     processes = world_size()
+    if processes > 1 and cfg.device.startswith("cuda:"):
+        raise RecipeError(f"train.device: {cfg.device} puts every one of the {processes} processes on one GPU; "
+                          f"use device: auto (or cuda) so that each process takes its local rank's GPU")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     _check_gpu_count(device, processes)
