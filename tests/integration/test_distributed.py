@@ -145,24 +145,54 @@ def test_two_processes_equal_one_with_the_same_global_batch(kind, tiny_model_dir
     assert_same_training(runs / "one", runs / "accum")
 
 
-def test_two_processes_killed_and_resumed_equal_uninterrupted(tiny_model_dir, tmp_path):
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The process of ``rank`` among ``parent``'s descendants (torchrun gives each its RANK)."""
+    for pid in descendants(parent):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"LEANTUNE_TEST_STEP_DELAY=0.4" in env:
+            return pid
+    return None
+
+
+def start_slow(recipe: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leantune", "train", str(recipe), "--nproc", "2", *extra],
+                            env=child_env(tmp_path, delay=0.4), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.05)
+
+
+def logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
+def test_two_processes_stopped_killed_and_resumed_equal_uninterrupted(tiny_model_dir, tmp_path):
+    """SIGKILL of every process after checkpoint step-4, a resume, SIGTERM to rank 1 alone
+    (both ranks checkpoint after the same step and stop), a last resume: the run ends equal
+    to an uninterrupted 2-process run."""
     model = tiny_model_dir("llama")
-    steps = dict(batch_size=2, max_steps=10, save_steps=2, scheduler="linear", warmup_ratio=0.2)
+    steps = dict(batch_size=2, max_steps=10, save_steps=2, save_total_limit=5, scheduler="linear",
+                 warmup_ratio=0.2)
     whole = write_recipe(tmp_path, model, "whole", "sft", **steps)
     cut = write_recipe(tmp_path, model, "cut", "sft", **steps)
     done = leantune(["train", str(whole), "--nproc", "2"], child_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = tmp_path / "runs" / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "leantune", "train", str(cut), "--nproc", "2"],
-                            env=child_env(tmp_path, delay=0.4), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
+    proc = start_slow(cut, tmp_path)
     try:
-        while not (run / "checkpoints" / "step-4").is_dir():
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint step-4 within 180 s"
-            time.sleep(0.05)
+        wait_for(lambda: (run / "checkpoints" / "step-4").is_dir(), proc, "checkpoint step-4")
     finally:
         for pid in [proc.pid, *descendants(proc.pid)]:  # leantune, torchrun and both ranks at once
             try:
@@ -171,10 +201,19 @@ def test_two_processes_killed_and_resumed_equal_uninterrupted(tiny_model_dir, tm
                 pass
         proc.wait(timeout=30)
     assert not (run / "summary.json").exists()
+
+    proc = start_slow(cut, tmp_path, "--resume")
+    wait_for(lambda: any(s > 5 for s in logged_steps(run)), proc, "step 6 after the resume")
+    os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "SIGTERM: checkpoint saved at step" in out, out[-3000:]
+    stopped_at = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    assert 6 <= stopped_at < 10 and not (run / "summary.json").exists()
+    assert logged_steps(run)[-1] == stopped_at   # rank 0 stopped after the same step
+
     resumed = leantune(["train", str(cut), "--nproc", "2", "--resume"], child_env(tmp_path))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    steps_logged = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-    assert steps_logged == list(range(1, 11))
+    assert logged_steps(run) == list(range(1, 11))
     assert_same_training(tmp_path / "runs" / "whole", run, rel=1e-6, atol=1e-6)
 
     # resuming with another number of processes would change the global batch: refused, run kept

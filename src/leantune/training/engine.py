@@ -300,8 +300,9 @@ class Engine:
                     step_tokens += int(batch["attention_mask"].sum()) if weight and "attention_mask" in batch else 0
                     if weight and "labels" in batch and batch["labels"].dim() == 2:
                         step_labels += int((batch["labels"] != -100).sum())
-                loss_sum, step_tokens, step_labels, stopped = rt.all_sum([loss_sum, step_tokens, step_labels,
-                                                                          float(bool(stop))])
+                loss_sum, step_tokens, step_labels = rt.all_sum([loss_sum, step_tokens, step_labels])
+                stop.signum = rt.all_max(stop.signum or 0) or None  # a signal to any process stops all
+                stopped = bool(stop)
                 loss_value = loss_sum / max(total_weight, 1)
                 check_finite(loss_value, step, self.ckpt_root, cfg.lr)
                 tokens, label_tokens = tokens + int(step_tokens), label_tokens + int(step_labels)

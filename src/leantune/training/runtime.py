@@ -82,6 +82,14 @@ class Runtime:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def all_max(self, value: int) -> int:
+        """The largest ``value`` over every process."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
     def gather_objects(self, obj) -> list:
         """``obj`` from every process, in rank order (on every process)."""
         if not self.distributed:
