@@ -73,7 +73,6 @@ def test_fp16_scales_the_loss_and_keeps_fp32_master_weights(tiny_model_dir, tmp_
 
 
 def test_qlora_puts_the_4bit_model_on_the_local_gpu_with_a_paged_optimizer(tiny_model_dir, tmp_path):
-    pytest.importorskip("bitsandbytes")
     s = train(recipe(tiny_model_dir("llama"), tmp_path, [{"name": "qlora", "r": 4}], "qlora",
                      optimizer="paged_adamw_8bit"))
     assert s.device.startswith("cuda") and losses(s)[-1] < losses(s)[0]

@@ -151,8 +151,8 @@ def run_trainer(trainer, run_dir: Path, resume: bool) -> TrainResult:
 
     root, metrics = checkpoint_root(run_dir), MetricsCallback(Path(run_dir) / "metrics.jsonl")
     start = last_checkpoint(root) if resume else None  # none: the pipeline has said so
-    for p in root.glob("checkpoint-*") if resume else ():  # half-written by a kill: of no use
-        if not (p / TRAINER_STATE).is_file():
+    for p in root.glob("checkpoint-*") if resume else ():  # this run's, half-written by a kill: of no use
+        if p.name[11:].isdigit() and p.is_dir() and not (p / TRAINER_STATE).is_file():
             shutil.rmtree(p, ignore_errors=True)
     trainer.remove_callback(PrinterCallback)  # leantune prints through its own callbacks only
     trainer.add_callback(metrics)
@@ -161,7 +161,9 @@ def run_trainer(trainer, run_dir: Path, resume: bool) -> TrainResult:
             trainer.add_callback(GuardCallback(stop, root))
             out = trainer.train(resume_from_checkpoint=str(start) if start else None)
     finally:
-        (root / "README.md").unlink(missing_ok=True)  # TRL's draft model card, written with each checkpoint
+        card = root / "README.md"  # TRL's draft model card, rewritten with each checkpoint: only that file
+        if card.is_file() and "It has been trained using [TRL]" in card.read_text(errors="replace"):
+            card.unlink()
         if root.is_dir() and not any(root.iterdir()):
             root.rmdir()
     if stop:
