@@ -6,6 +6,7 @@ suggest the closest valid key.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,8 +84,7 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(512, gt=8, le=2**24)
     seed: int = Field(42, ge=0, lt=2**32, description="Seeds Python, NumPy and torch (0 … 2³²−1).")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-                        description="auto (the local rank's GPU, else CPU), cpu, cuda, cuda:N or mps.")
+    device: str = Field("auto", description="auto (the local rank's GPU, else CPU), cpu, cuda, cuda:N or mps.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 otherwise.")
     distributed: DistributedSection | None = Field(
@@ -101,6 +101,14 @@ class TrainSection(Section):
     save_total_limit: int = Field(2, gt=0, le=10**6)
     adversarial: AdversarialSection | None = Field(None, description="Adversarial training on the input "
                                                    "embeddings: {kind: fgm|pgd, epsilon, steps, alpha}.")
+
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N (a GPU's index) or mps")
+        return v
 
 
 class EvalSection(Section):

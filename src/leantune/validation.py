@@ -59,5 +59,5 @@ def format_validation_error(err: ValidationError, model_cls: type[BaseModel], so
             allowed = e.get("ctx", {}).get("expected", "")
             lines.append(f"{source_at}: {where}: got {_short(e.get('input'))}, allowed values: {allowed}")
         else:
-            lines.append(f"{source_at}: {where}: {e['msg']} (got {_short(e.get('input'))})")
+            lines.append(f"{source_at}: {where}: {e['msg'].removeprefix('Value error, ')} (got {_short(e.get('input'))})")
     return "\n".join(lines)

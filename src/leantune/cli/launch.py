@@ -61,6 +61,9 @@ def launch(cmd: list[str]) -> int:
     terminal's process group; torchrun forwards SIGTERM to them)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, _nproc(cmd)))))
+    # DDP runs with find_unused_parameters (some methods leave parameters unused in a step) and
+    # warns once per process when none were: torch's C++ warnings stay off unless asked for
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     proc = subprocess.Popen(cmd, env=env)
     while True:
         try:
