@@ -106,9 +106,9 @@ def legacy_causal_lm_loss(model, batch):
     attention, and the labelled logits are built whole before the cross-entropy."""
     import torch.nn.functional as F
 
-    from leantune.training.losses import _fast_path, unwrap
+    from leantune.training.losses import fast_path, unwrap
 
-    backbone, head = _fast_path(unwrap(model))
+    backbone, head = fast_path(unwrap(model))
     hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100

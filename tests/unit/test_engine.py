@@ -29,7 +29,7 @@ from leantune.training import checkpoint as checkpoint_mod
 from leantune.training.checkpoint import list_checkpoints
 from leantune.training.engine import Engine, TrainingDiverged, batch_plan
 from leantune.training.interrupt import TrainingInterrupted
-from leantune.training.losses import _fast_path, causal_lm_loss, unwrap
+from leantune.training.losses import fast_path, causal_lm_loss, unwrap
 
 QA = [
     ("What is the capital of France?", "Paris."),
@@ -353,7 +353,7 @@ def test_causal_lm_loss_equals_model_loss(tiny_model_dir, tmp_path, arch, lora):
             if "lora_B" in name:
                 p.data.normal_(0, 0.5)  # a non-zero update, so the adapter matters
         model.eval()
-    assert _fast_path(unwrap(model)) is not None  # the fast path is the one under test
+    assert fast_path(unwrap(model)) is not None  # the fast path is the one under test
     with torch.no_grad():
         fast = causal_lm_loss(model, batch)
         reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..training.guard import check_finite
-from ..training.losses import _fast_path, unwrap
+from ..training.losses import fast_path, unwrap
 from ..training.modes import evaluating, set_eval_mode
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -156,7 +156,7 @@ def response_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     through the output head (the 49k-vocabulary logits are the largest activation).
     """
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    path = _fast_path(unwrap(model))
+    path = fast_path(unwrap(model))
     if path is not None:
         backbone, head = path
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,

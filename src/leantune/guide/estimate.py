@@ -176,7 +176,7 @@ def count_trainable(shape: ModelShape, method: list[dict], head: str, num_labels
 
             from ..methods.registry import build_method
             from ..models.loading import count_parameters
-            from ..training.losses import _fast_path, unwrap
+            from ..training.losses import fast_path, unwrap
 
             model = meta_model(shape.config, head, num_labels)
             built = build_method(method)
@@ -187,7 +187,7 @@ def count_trainable(shape: ModelShape, method: list[dict], head: str, num_labels
                     model = built.apply(model, head)
             trainable, total = count_parameters(model)
             if trainable > 0:
-                path = _fast_path(unwrap(model)) if head == "causal_lm" else None
+                path = fast_path(unwrap(model)) if head == "causal_lm" else None
                 out = path[1] if path else None
                 return Counts(trainable, total, "meta",
                               head_trains=bool(out is not None and out.weight.requires_grad),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.losses import _fast_path, _uses_prompt_learning, unwrap
+from ..training.losses import fast_path, uses_prompt_learning, unwrap
 
 
 class SoftPrompt(nn.Module):
@@ -69,7 +69,7 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
 
 def prefix_cache(model: nn.Module, prefix_ids: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """Per layer (keys, values) of a causal LM on one prompt prefix ``[1, P]``, for ``past=``."""
-    path = None if _uses_prompt_learning(model) else _fast_path(unwrap(model))
+    path = None if uses_prompt_learning(model) else fast_path(unwrap(model))
     net = path[0] if path is not None else model
     out = net(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True)
     return tuple((k, v) for k, v, *_ in out.past_key_values)
@@ -97,12 +97,12 @@ def logprobs_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         _embed(model, input_ids, soft_index, soft) if soft is not None else None)
     kwargs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": input_ids}
     if past is not None:
-        if not causal or _uses_prompt_learning(model):
+        if not causal or uses_prompt_learning(model):
             raise ValueError("a cached prompt prefix works with causal LMs without virtual tokens only")
         B, P = input_ids.shape[0], past[0][0].shape[2]
         kwargs["past_key_values"] = _expand_past(past, B)
         attention_mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
-    path = None if (not causal or _uses_prompt_learning(model)) else _fast_path(unwrap(model))
+    path = None if (not causal or uses_prompt_learning(model)) else fast_path(unwrap(model))
     idx = positions.unsqueeze(-1)
     if path is not None:  # causal LM: the output head runs only at the scored positions
         backbone, head = path

@@ -27,7 +27,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _uses_prompt_learning(model: nn.Module) -> bool:
+def uses_prompt_learning(model: nn.Module) -> bool:
     cfgs = getattr(model, "peft_config", None) or {}
     return any(getattr(c, "is_prompt_learning", False) for c in cfgs.values())
 
@@ -39,7 +39,7 @@ def _adds_to_loss(model: nn.Module) -> bool:
     return model.training and any(getattr(c, "orth_reg_weight", 0) for c in cfgs.values())
 
 
-def _fast_path(lm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+def fast_path(lm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(backbone, output head) when logits are just head(hidden), with no scaling or capping."""
     cfg = getattr(lm, "config", None)
     if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
@@ -61,7 +61,7 @@ def label_count(batch: dict[str, torch.Tensor], shifted: bool = True) -> int:
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions."""
     labels = batch["labels"]
-    if _uses_prompt_learning(model) or _adds_to_loss(model) or (path := _fast_path(unwrap(model))) is None:
+    if uses_prompt_learning(model) or _adds_to_loss(model) or (path := fast_path(unwrap(model))) is None:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     backbone, head = path
     mask = batch["attention_mask"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.tokenize import IGNORE
-from ..training.losses import _fast_path, unwrap
+from ..training.losses import fast_path, unwrap
 
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert"}
 
@@ -51,7 +51,7 @@ def response_logits(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.
     labels = batch["labels"]
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    path = _fast_path(unwrap(model))
+    path = fast_path(unwrap(model))
     prompt = any(getattr(c, "is_prompt_learning", False) for c in (getattr(model, "peft_config", None) or {}).values())
     if path is not None and not prompt:
         backbone, head = path
