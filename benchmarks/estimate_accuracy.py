@@ -192,7 +192,7 @@ NOT_COMPARED = [
 def published() -> list[dict]:
     from transformers import LlamaConfig
 
-    from leantune.guide.estimate import Setting, estimate
+    from leantune.guide.peak_memory import Setting, estimate
     from leantune.guide.model_shape import shape_from_config
 
     shape = shape_from_config(LlamaConfig(**{k: v for k, v in LLAMA2_7B.items() if k != "model_type"}), "llama-2-7b")

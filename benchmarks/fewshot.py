@@ -201,7 +201,7 @@ def worker(row: str, shots: list[int], seeds: list[int], steps: dict, data: dict
 
 def summarize_row(result: dict, shots: list[int]) -> dict:
     """Per K: accuracy, macro-F1 (also calibrated, where measured) and wall time, mean ± std over seeds."""
-    from leantune.data.fewshot import summarize
+    from leantune.workflows.learning_curve import summarize
 
     ok = [r for r in result.get("runs", []) if r.get("status") == "ok"]
     metrics = ["accuracy", "macro_f1", "wall_s"]

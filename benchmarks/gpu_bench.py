@@ -236,7 +236,7 @@ def trl_estimate(model_dir: Path, lt_setting: dict | None) -> float | None:
     """leantune's estimate for the paired leantune row's setting with full logits (HF-style loss)."""
     if not lt_setting:
         return None
-    from leantune.guide.estimate import Setting, estimate
+    from leantune.guide.peak_memory import Setting, estimate
     from leantune.guide.model_shape import load_shape
 
     return estimate(load_shape(str(model_dir)), Setting(**{**lt_setting, "loss": "full"})).total_mb

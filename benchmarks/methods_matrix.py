@@ -158,14 +158,14 @@ def worker(entry: str, task: str, steps: int, data: dict) -> dict:
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            inner = self.after_backward
+            inner = self.after_optimizer_step
 
-            def after_backward(model, step):
+            def after_optimizer_step(model, step):
                 if inner:
                     inner(model, step)
                 stamps.append(time.perf_counter())
 
-            self.after_backward = after_backward
+            self.after_optimizer_step = after_optimizer_step
 
         def fit(self, resume: bool = False):
             stamps.append(time.perf_counter())

@@ -149,12 +149,12 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     pending: dict = {}
 
     def after_step(m, step):
-        method.after_backward(m, step)
+        method.after_optimizer_step(m, step)
         clock.end(**pending)
 
     with tempfile.TemporaryDirectory() as run_dir:
         engine = Engine(model, features, recipe.train, Path(run_dir), stage.collate, loss_fn,
-                        after_backward=after_step, progress=False)
+                        after_optimizer_step=after_step, progress=False)
         fetch = engine.micro_batch
 
         def timed_micro_batch(step_index: int, k: int) -> tuple[dict, int]:

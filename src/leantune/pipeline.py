@@ -6,7 +6,6 @@ except through the ``say`` callback.
 from __future__ import annotations
 
 import json
-import random
 import resource
 import time
 from contextlib import nullcontext
@@ -18,9 +17,11 @@ import torch
 
 from .atomic import atomic_dir, atomic_write_text
 from .data.formats import FORMATS, load_examples
-from .data.paths import resolve_data_path
+from .data.loading import load_data
 from .errors import LeantuneError, RecipeError
 from .evaluation.generate import generate_answers
+from .export.run_loading import load_run
+from .guide.estimate import estimate_recipe, feature_stats
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .recipe import Recipe
@@ -30,7 +31,6 @@ from .stages.registry import build_stage
 from .training.device import keep_fp32_master_weights, move_to_device
 from .training.engine import Engine, count_total_steps, seed_everything
 from .training.runtime import Runtime, build_runtime, check_method_fits
-
 
 
 @dataclass
@@ -88,51 +88,6 @@ def _load_kwargs(method, runtime: Runtime) -> dict:
     if "quantization_config" in kwargs and runtime.device.type == "cuda":
         kwargs["device_map"] = {"": runtime.device.index or 0}
     return kwargs
-
-
-def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
-    """(train, eval) examples; a stage with its own ``load_data`` (several data sets: continual,
-    multitask) reads them itself."""
-    if hasattr(stage, "load_data"):
-        return stage.load_data(recipe, base_dir, say)
-    return default_load_data(recipe, stage, base_dir, say)
-
-
-def default_load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
-    """(train, eval) examples; with data.shots/data.unlabeled, few-shot sampling (data/fewshot.py)."""
-    if recipe.data.shots is None and recipe.data.unlabeled is None:
-        return _load_labelled(recipe, stage, base_dir, say)
-    from .data.fewshot import few_shot_data
-
-    return few_shot_data(recipe, stage, base_dir, say, _load_labelled)
-
-
-def _load_labelled(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
-    if not recipe.data.train:
-        raise RecipeError("recipe: data.train is required (a .jsonl/.json/.csv/.parquet file or builtin:NAME)")
-    skip = recipe.data.skip_invalid
-    train = load_examples(resolve_data_path(recipe.data.train, base_dir), recipe.data.format, skip_invalid=skip)
-    kind = FORMATS[train.format].kind
-    if kind not in stage.data_kinds:
-        fits = sorted(n for n, f in FORMATS.items() if f.kind in stage.data_kinds)
-        raise RecipeError(f"stage '{stage.name}' reads {', '.join(fits)} data; {recipe.data.train} is '{train.format}'")
-    if train.skipped:
-        say(f"[yellow]skipped {train.skipped} invalid row(s) of {train.path} (data.skip_invalid: true)")
-    examples = train.examples[: recipe.data.max_samples] if recipe.data.max_samples else train.examples
-    if not examples:
-        raise LeantuneError(f"{train.path}: no valid training examples")
-    if recipe.data.eval:
-        ev = load_examples(resolve_data_path(recipe.data.eval, base_dir), train.format, skip_invalid=skip)
-        if ev.skipped:
-            say(f"[yellow]skipped {ev.skipped} invalid row(s) of {ev.path}")
-        return examples, ev.examples
-    if recipe.data.eval_split and len(examples) >= 10:
-        order = list(range(len(examples)))
-        random.Random(recipe.train.seed).shuffle(order)
-        n_eval = max(1, round(recipe.data.eval_split * len(examples)))
-        held = set(order[:n_eval])
-        return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
-    return examples, []
 
 
 def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None, progress: bool = True,
@@ -213,7 +168,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         else:
             engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
                             evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
-                            after_backward=method.after_backward, progress=progress,
+                            after_optimizer_step=method.after_optimizer_step, progress=progress,
                             param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
             result = engine.fit(resume=resume)
             precision = engine.precision
@@ -255,8 +210,6 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
 def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], None]) -> dict | None:
     """The memory estimate (guide/estimate.py) from the recipe and the tokenized data; never fails."""
     try:
-        from .guide.estimate import estimate_recipe, feature_stats
-
         with torch.random.fork_rng(devices=[]):
             seq, frac = feature_stats(data.train, recipe.train.batch_size)
             est = estimate_recipe(recipe, config, seq_len=min(seq or recipe.train.max_length, recipe.train.max_length),
@@ -298,3 +251,25 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
             {"before": None, "after": metrics, "metrics": metrics, "wall_time_s": wall, **details}, indent=2, default=str))
         atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
         return summary
+
+
+def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], None] = lambda s: None) -> dict:
+    """The metrics of a finished run on its recipe's evaluation data, or on ``data`` (a file in
+    a format the run's stage reads): the stage that trained it evaluates, with the run's head,
+    label order and what it trained beside the method (``Stage.restore``, ``Stage.load_extra``)."""
+    run = load_run(run_dir)
+    recipe = run.recipe
+    stage = build_stage(recipe.stage)
+    stage.restore(run.head, run.labels)
+    if data is not None:  # only this file: the recorded train path may be relative to the recipe's folder
+        loaded = load_examples(data, recipe.data.format, skip_invalid=recipe.data.skip_invalid)
+        if FORMATS[loaded.format].kind not in stage.data_kinds:
+            raise LeantuneError(f"{data}: '{loaded.format}' data does not fit the run's stage '{stage.name}'")
+        eval_examples = loaded.examples
+    else:
+        _, eval_examples = load_data(recipe, stage, None, say)
+    prepared = stage.prepare(recipe, run.tokenizer, [], eval_examples)
+    if not prepared.eval:
+        raise LeantuneError(f"{run_dir}: no evaluation data (pass --data FILE)")
+    stage.load_extra(run.model, run.run_dir / "adapter")
+    return stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)

@@ -133,7 +133,8 @@ def test_reptile_refuses_settings_it_cannot_use(meta_recipe, setting, value):
 
 
 def test_ppo_grad_accum_steps_once_per_group_of_mini_batches(tiny_model_dir):
-    from leantune.alignment.ppo import PPO, GenerationSettings, PPOSettings, ValueHead, hidden_size, n_updates
+    from leantune.alignment.policy import GenerationSettings
+    from leantune.alignment.ppo import PPO, PPOSettings, ValueHead, hidden_size, n_updates
     from leantune.alignment.rewards import RewardFunction
     from leantune.methods.registry import build_method
     from leantune.models.loading import load_model, load_tokenizer

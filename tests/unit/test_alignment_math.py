@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from leantune.alignment.ppo import (clipped_policy_loss, clipped_value_loss, gae, kl_penalty_rewards,
-                                    masked_mean, response_mask, whiten)
+from leantune.alignment.policy import response_mask
+from leantune.alignment.ppo_math import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_penalty_rewards,
+    masked_mean,
+    whiten,
+)
 from leantune.alignment.reward_model import bradley_terry_loss
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -6,14 +6,16 @@ import json
 import pytest
 import torch
 
-from leantune.alignment.ppo import PPO, GenerationSettings, PPOSettings, ValueHead, hidden_size
+from leantune.alignment.policy import GenerationSettings
+from leantune.alignment.ppo import PPO, PPOSettings, ValueHead, hidden_size
 from leantune.alignment.preference import build_preference_pairs
 from leantune.alignment.rewards import RewardFunction, resolve_reward
 from leantune.data.builtin import dialog_pairs, write_jsonl
+from leantune.data.loading import load_data
 from leantune.errors import RecipeError
 from leantune.methods.registry import build_method
 from leantune.models.loading import load_model, load_tokenizer
-from leantune.pipeline import load_data, train
+from leantune.pipeline import train
 from leantune.recipe import load_recipe
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -106,7 +108,7 @@ def test_reference_is_the_base_model_and_gets_no_gradient(tiny_model_dir):
     assert not ro.ref_logprobs.requires_grad and ro.ref_logprobs.grad_fn is None
     assert ro.kl.abs().sum().item() > 0  # the adapter changed the policy
     # the reference log-probs are those of a freshly loaded base model (no adapter, no copy held)
-    from leantune.alignment.ppo import response_forward, token_logprobs
+    from leantune.alignment.policy import response_forward, token_logprobs
 
     base = load_model(path, "causal_lm").eval()
     with torch.no_grad():
@@ -127,7 +129,7 @@ def test_reference_is_the_base_model_and_gets_no_gradient(tiny_model_dir):
 
 
 def test_response_kl_is_the_summed_log_ratio_to_the_base_model(sharp_llama):
-    from leantune.alignment.ppo import generate, response_forward, response_kl, response_mask, token_logprobs
+    from leantune.alignment.policy import generate, response_forward, response_kl, response_mask, token_logprobs
 
     path = sharp_llama
     tok = load_tokenizer(path)

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from test_methods_own import D, logits, make_batch, n_trainable, train_step, trainable
 
 from leantune.errors import NotMergeable, RecipeError
 from leantune.methods.composite import Composite
-from leantune.methods.registry import build_method, validate_method_settings
+from leantune.methods.registry import build_method
 from leantune.models.loading import load_model
-
-from test_methods_own import D, make_batch, logits, n_trainable, train_step, trainable
+from leantune.recipe.method_settings import validate_method_settings
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

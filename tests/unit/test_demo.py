@@ -1,18 +1,21 @@
-"""`leantune demo`'s orchestration (leantune/demo.py) on a tiny config-built model."""
+"""`leantune demo`'s orchestration (leantune/workflows/demo.py) on a tiny config-built model."""
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from leantune.demo import DemoSettings, held_out_questions, load_demo_recipe, print_report, run_demo
-from leantune.errors import RecipeError
+from leantune.data.loading import load_data
 from leantune.data.paths import resolve_data_path
-from leantune.pipeline import load_data
+from leantune.errors import RecipeError
 from leantune.stages.registry import build_stage
+from leantune.workflows.demo import DemoSettings, held_out_questions, load_demo_recipe, print_report, run_demo
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -60,3 +63,15 @@ def test_run_demo_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert text.count("reference command:") == 2 and "demo time:" in text
     saved = json.loads((tmp_path / "demo-lora-smollm2" / "command_accuracy.json").read_text())
     assert saved["before"] == result.before.rates and len(saved["questions"]) == 3
+
+
+def test_demo_data_is_what_the_generator_writes(tmp_path):
+    """The packaged data set is reproducible: tools/build_shell_help.py (outside the package)
+    writes the same bytes, so the data and the facts that generate it cannot drift apart."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "tools" / "build_shell_help.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    packaged = root / "src" / "leantune" / "resources" / "demo"
+    for name in ("shell_help_train.jsonl", "shell_help_eval.jsonl", "demo_prompts.json"):
+        assert (tmp_path / name).read_bytes() == (packaged / name).read_bytes(), name

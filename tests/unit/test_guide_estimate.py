@@ -11,13 +11,16 @@ from typer.testing import CliRunner
 
 from leantune.cli import app
 from leantune.guide.activations import (
-    HEAP_RETAINED, activation_bytes_per_layer, saved_tensors_per_layer, top_activation_bytes, weight_copy_sizes,
+    HEAP_RETAINED,
+    activation_bytes_per_layer,
+    saved_tensors_per_layer,
+    top_activation_bytes,
+    weight_copy_sizes,
 )
-from leantune.guide.estimate import (
-    BF16_KERNELS_MB, NF4_BYTES, OVERHEAD_MB, Setting, count_trainable, estimate, setting_from_recipe, suggestions,
-    verdict,
-)
+from leantune.guide.estimate import setting_from_recipe
 from leantune.guide.model_shape import MB, parse_count, parse_size, shape_from_config, shape_from_numbers
+from leantune.guide.peak_memory import BF16_KERNELS_MB, NF4_BYTES, OVERHEAD_MB, Setting, estimate, suggestions, verdict
+from leantune.guide.trainable import count_trainable
 from leantune.training.losses import TILE_ELEMENTS, unwrap
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -15,11 +15,11 @@ import math
 
 import pytest
 import torch
+from conftest import HEADS, HIDDEN, INTERMEDIATE, LAYERS, SEQ_CLS_LABELS
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
-from conftest import HEADS, HIDDEN, INTERMEDIATE, LAYERS, SEQ_CLS_LABELS
 from leantune.data.collate import pad_batch
 from leantune.errors import MethodError, NotMergeable, RecipeError
 from leantune.methods.registry import build_method, get_method_class
@@ -570,7 +570,7 @@ def test_adalora_reallocates_ranks_during_an_engine_run(tiny_model_dir, tmp_path
 
     tuner.update_and_allocate = spy
     engine = Engine(model, features, cfg, tmp_path, lambda f, g: pad_batch(f, 0), causal_lm_loss,
-                    after_backward=method.after_backward, progress=False)
+                    after_optimizer_step=method.after_optimizer_step, progress=False)
     assert engine.total_steps == 6
     engine.fit()
     assert calls == [1, 2, 3, 4, 5, 6]
@@ -607,7 +607,7 @@ def test_adalora_after_a_resume_rebuilds_its_allocation(tiny_model_dir):
             p.fill_(1.0)
             p[0] = 0.0  # as the checkpoint left them: rank 0 of every matrix pruned
     model(**batch).loss.backward()
-    method.after_backward(model, 5)  # past total - tfinal = 4, fresh allocator
+    method.after_optimizer_step(model, 5)  # past total - tfinal = 4, fresh allocator
     pattern = model.peft_config["default"].rank_pattern
     assert len(pattern) == len(E) and all(v == [False] + [True] * (ADA_INIT_R - 1) for v in pattern.values())
     assert all(p[0].item() == 0 and (p[1:] != 0).all() for p in E)
@@ -616,7 +616,7 @@ def test_adalora_after_a_resume_rebuilds_its_allocation(tiny_model_dir):
     fresh.set_total_steps(6)
     model = fresh.apply(load_base(tiny_model_dir, "llama"), "causal_lm")
     model(**batch).loss.backward()
-    fresh.after_backward(model, 4)  # exactly at the allocation, no scores yet
+    fresh.after_optimizer_step(model, 4)  # exactly at the allocation, no scores yet
     kept = sum(sum(v) for v in model.peft_config["default"].rank_pattern.values())
     assert kept == ADA_TARGET_R * len(E)
 

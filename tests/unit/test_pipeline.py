@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from leantune.data.loading import load_data
 from leantune.errors import DataValidationError, LeantuneError
 from leantune.export.merge import merge_run
 from leantune.export.run_loading import load_run
-from leantune.pipeline import load_data, train
+from leantune.pipeline import train
 from leantune.recipe import load_recipe
 from leantune.stages.registry import build_stage
 

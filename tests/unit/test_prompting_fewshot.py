@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from leantune.data.fewshot import learning_curve, sample_shots, strip_labels, summarize
+from leantune.data.fewshot import sample_shots, strip_labels
+from leantune.data.loading import load_data
 from leantune.errors import RecipeError
-from leantune.pipeline import load_data
 from leantune.recipe import load_recipe
 from leantune.stages.registry import build_stage
+from leantune.workflows.learning_curve import learning_curve, summarize
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

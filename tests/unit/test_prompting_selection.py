@@ -7,10 +7,16 @@ from collections import Counter
 import pytest
 import torch
 
-from leantune.prompting.demonstrations import (MeanPoolEmbedder, cosine, get_embedder, order,
-                                               render_demonstrations, select)
+from leantune.prompting.demonstrations import (
+    MeanPoolEmbedder,
+    cosine,
+    get_embedder,
+    order,
+    render_demonstrations,
+    select,
+)
 from leantune.prompting.ensemble import augment, average, combine, vote
-from leantune.prompting.template import Template
+from leantune.recipe.template import Template
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from leantune.errors import RecipeError
-from leantune.prompting.template import Template, TemplateError, compose, parse, truncate_text
+from leantune.recipe.template import Template, TemplateError, compose, parse, truncate_text
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -13,10 +13,16 @@ from leantune.errors import RecipeError
 from leantune.models.loading import load_model
 from leantune.prompting.autoprompt import search_triggers
 from leantune.prompting.calibration import calibrate, content_free_probs
-from leantune.prompting.label_scoring import (collate_prompts, label_scores, mlm_token_logprobs, pad_words,
-                                              score_labels, word_scores)
-from leantune.prompting.template import Template
+from leantune.prompting.label_scoring import (
+    collate_prompts,
+    label_scores,
+    mlm_token_logprobs,
+    pad_words,
+    score_labels,
+    word_scores,
+)
 from leantune.prompting.verbalizer import Verbalizer, label_description, search_label_words
+from leantune.recipe.template import Template
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from leantune.semisup import acquisition
-from leantune.semisup.adversarial import fgm_perturbation, per_example_normalize, project
 from leantune.semisup.contrastive import info_nce, knn_accuracy, mean_pool, recall_at_1, supcon_loss
 from leantune.semisup.episodes import sample_episode
 from leantune.semisup.protonet import proto_logits, prototypes
-from leantune.semisup.pseudo_label import (pseudo_label_precision, select_by_threshold,
-                                           select_top_k_per_class)
+from leantune.semisup.pseudo_label import pseudo_label_precision, select_by_threshold, select_top_k_per_class
+from leantune.training.adversarial import fgm_perturbation, per_example_normalize, project
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -109,10 +108,10 @@ def test_prototypes_and_logits():
 
 
 def test_protonet_step_on_tiny_model(tiny_model_dir, tiny_tokenizer):
+    from leantune.data.collate import pad_batch
     from leantune.models.loading import load_model
     from leantune.semisup.contrastive import encode
     from leantune.semisup.protonet import proto_loss
-    from leantune.data.collate import pad_batch
 
     model = load_model(tiny_model_dir("bert", "seq_cls"), "encoder", "float32")
     model.train()

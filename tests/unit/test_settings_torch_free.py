@@ -7,10 +7,11 @@ import textwrap
 
 
 def test_tables_describe_exactly_the_registered_classes():
-    from leantune.methods.registry import imports_peft_wrapper, list_methods
-    from leantune.methods.settings import METHOD_INFO
+    from leantune.methods.base import imports_peft_wrapper
+    from leantune.methods.registry import list_methods
+    from leantune.recipe.method_settings import METHOD_INFO
+    from leantune.recipe.stage_settings import STAGE_SETTINGS
     from leantune.stages.registry import list_stages
-    from leantune.stages.settings import STAGE_SETTINGS
 
     methods = {cls.name: cls for cls in list_methods()}
     assert set(methods) == set(METHOD_INFO)
@@ -28,8 +29,8 @@ def test_tables_describe_exactly_the_registered_classes():
 CHECKS = r'''
 import sys
 from leantune.errors import RecipeError
-from leantune.methods.settings import validate_method_settings
-from leantune.stages.settings import validate_stage_settings
+from leantune.recipe.method_settings import validate_method_settings
+from leantune.recipe.stage_settings import validate_stage_settings
 
 def refused(check, *args):
     try:

@@ -61,23 +61,59 @@ def read_eval(summary) -> dict:
 
 # --------------------------------------------------------------------------- distill
 
+def _teacher_gap(teacher_dir, student, texts, tokenizer) -> tuple[float, float]:
+    """KL(p_teacher ‖ p_student) (mean over ``texts``) and the share of texts where the argmaxes agree."""
+    from leantune.export.run_loading import load_run
+
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    teacher = load_run(teacher_dir).model.eval()
+    with torch.no_grad():
+        lt = teacher(**batch).logits.float().log_softmax(-1)
+        ls = student.eval()(**batch).logits.float().log_softmax(-1)
+    kl = torch.nn.functional.kl_div(ls, lt, log_target=True, reduction="batchmean").item()
+    return kl, (ls.argmax(-1) == lt.argmax(-1)).float().mean().item()
+
+
 def test_distill_classification(tiny_model_dir, tmp_path):
+    from leantune.export.run_loading import load_run
+    from leantune.models.loading import load_model
+
     bert = tiny_model_dir("bert", "seq_cls")
     tr, ev = cls_file(tmp_path / "train.jsonl", CLS, 2), cls_file(tmp_path / "eval.jsonl", CLS)
-    r = recipe(bert, tmp_path, {"name": "distill", "teacher": str(bert), "temperature": 2.0, "alpha": 0.7},
-               train_file=tr, eval_file=ev, method="full")
+    # a trained teacher: cls on the toy data, from the same random start as the student
+    teacher = train(recipe(bert, tmp_path, "cls", train_file=tr, eval_file=ev, method="full", name="teacher",
+                           train={"max_steps": 30, "lr": 5e-3}), progress=False)
+    student_steps = {"max_steps": 12, "lr": 1e-2}
+    r = recipe(bert, tmp_path, {"name": "distill", "teacher": teacher.run_dir, "temperature": 2.0, "alpha": 0.7},
+               train_file=tr, eval_file=ev, method="full", train=student_steps, eval={"before": True})
     s = train(r, progress=False)
     out = read_eval(s)
-    assert 0 <= out["after"]["accuracy"] <= 1
-    assert "teacher_accuracy" in out["teacher"]
+    assert out["teacher"]["teacher_accuracy"] > 0.5, out["teacher"]  # premise: the teacher learned (chance 1/3)
+    # the student beats its untrained self on the eval rows
+    assert s.eval_after["loss"] < s.eval_before["loss"] - 0.05, (s.eval_before, s.eval_after)
+    assert s.eval_after["accuracy"] > s.eval_before["accuracy"], (s.eval_before, s.eval_after)
+    # and moves toward the teacher: KL to the teacher's predictions drops, argmax agreement rises
+    texts = [t for t, _ in CLS]
+    tok = load_run(teacher.run_dir).tokenizer
+    untrained = load_model(bert, "seq_cls", labels=run_labels(s), pad_token_id=tok.pad_token_id)
+    kl_before, agree_before = _teacher_gap(teacher.run_dir, untrained, texts, tok)
+    kl_after, agree_after = _teacher_gap(teacher.run_dir, load_run(s.run_dir).model, texts, tok)
+    assert kl_after < 0.8 * kl_before and agree_after > agree_before, (kl_before, kl_after, agree_before, agree_after)
     caches = list((tmp_path / "runs" / ".teacher-cache").glob("cls-*.safetensors"))
     assert len(caches) == 1
     stamp = caches[0].stat().st_mtime_ns
-    r2 = recipe(bert, tmp_path, {"name": "distill", "teacher": str(bert), "alpha": 1.0},
-                train_file=tr, eval_file=ev, method="full", name="again")
-    train(r2, progress=False)
+    # α = 1: soft labels only, no gold labels; the student still moves toward the teacher
+    r2 = recipe(bert, tmp_path, {"name": "distill", "teacher": teacher.run_dir, "temperature": 2.0, "alpha": 1.0},
+                train_file=tr, eval_file=ev, method="full", name="again", train=student_steps)
+    s2 = train(r2, progress=False)
     assert "reused" in read_eval_path(tmp_path / "runs" / "again")["teacher"]["cache"]
     assert caches[0].stat().st_mtime_ns == stamp  # the teacher did not run again on the training data
+    kl_soft, _ = _teacher_gap(teacher.run_dir, load_run(s2.run_dir).model, texts, tok)
+    assert kl_soft < 0.8 * kl_before, (kl_before, kl_soft)
+
+
+def run_labels(summary) -> list[str]:
+    return json.loads((Path(summary.run_dir) / "run.json").read_text())["labels"]
 
 
 def read_eval_path(run_dir: Path) -> dict:
@@ -212,15 +248,57 @@ def test_multitask_refuses_mixed_kinds(tiny_model_dir, tmp_path):
 
 # --------------------------------------------------------------------------- domain adaptation
 
-def test_dann(tiny_model_dir, tmp_path):
+def test_dann(tiny_model_dir, tmp_path, monkeypatch):
+    """Gradient reversal makes the features fool the domain classifier: its loss rises during training,
+    while the same run with the reversal switched off (lambda_max 0: the classifier still trains, the
+    features get no gradient from it) ends with a lower domain loss."""
+    from safetensors.torch import load_file
+
+    import leantune.stages.dann as dann
+    from leantune.export.run_loading import load_run
+    from leantune.transfer.features import pooled_features
+    from leantune.transfer.grl import DomainClassifier
+
+    domain_losses: list[float] = []
+    loss = dann.DANN.loss
+
+    def spy(self, model, batch):  # the domain BCE of each training batch, as the stage computes it
+        out = loss(self, model, batch)
+        domain_losses.append(float(self.last_domain_loss.detach()))
+        return out
+
+    monkeypatch.setattr(dann.DANN, "loss", spy)
     target = write_jsonl(tmp_path / "target.jsonl", [{"text": t} for t, _ in TOPIC * 2])
-    r = recipe(tiny_model_dir("bert", "seq_cls"), tmp_path,
-               {"name": "dann", "hidden": 16, "target_eval": cls_file(tmp_path / "te.jsonl", CLS[:3])},
-               train_file=cls_file(tmp_path / "tr.jsonl", CLS, 2), eval_file=cls_file(tmp_path / "ev.jsonl", CLS),
-               data={"unlabeled": str(target)})
-    s = train(r, progress=False)
+    steps, window = 24, 6
+
+    def run(name: str, **stage):
+        domain_losses.clear()
+        r = recipe(tiny_model_dir("bert", "seq_cls"), tmp_path,
+                   {"name": "dann", "hidden": 16, "target_eval": cls_file(tmp_path / "te.jsonl", CLS[:3]), **stage},
+                   train_file=cls_file(tmp_path / "tr.jsonl", CLS, 2), eval_file=cls_file(tmp_path / "ev.jsonl", CLS),
+                   data={"unlabeled": str(target)}, method="full", name=name,
+                   train={"max_steps": steps, "lr": 5e-3})
+        s = train(r, progress=False)
+        assert len(domain_losses) == steps
+        # afterwards: the saved domain classifier on the saved model's features, all source and target texts
+        loaded = load_run(s.run_dir)
+        clf = DomainClassifier(32, 16)
+        clf.load_state_dict(load_file(str(Path(s.run_dir) / "adapter" / "domain_classifier.safetensors")))
+        texts = [t for t, _ in CLS] + [t for t, _ in TOPIC]
+        is_target = torch.tensor([0.0] * len(CLS) + [1.0] * len(TOPIC))
+        with torch.no_grad():
+            feats = pooled_features(loaded.model.eval(), dict(loaded.tokenizer(texts, return_tensors="pt", padding=True)))
+            final = torch.nn.functional.binary_cross_entropy_with_logits(clf.eval()(feats), is_target).item()
+        return s, list(domain_losses), final
+
+    s, reversed_, reversed_final = run("dann")
+    _, plain, plain_final = run("no-reversal", lambda_max=0.0)
     assert {"accuracy", "target_accuracy"} <= set(s.eval_after)
-    assert (Path(s.run_dir) / "adapter" / "domain_classifier.safetensors").is_file()
+    assert reversed_[0] == pytest.approx(plain[0])  # same start: same seed, same first batch
+    end, plain_end = sum(reversed_[-window:]) / window, sum(plain[-window:]) / window
+    # with reversal the domain loss rises from its start; without, it does not
+    assert end > reversed_[0] + 0.1 and end > plain_end + 0.1, (reversed_, plain)
+    assert reversed_final > plain_final + 0.1, (reversed_final, plain_final)
 
 
 def test_dann_without_domain_weight_is_the_plain_baseline(tiny_model_dir, tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ Ziegler et al. 2019 (arXiv:1909.08593) and Ouyang et al. 2022 (arXiv:2203.02155)
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -23,94 +22,27 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..training.guard import check_finite
-from ..training.losses import fast_path, unwrap
+from ..training.losses import unwrap
 from ..training.modes import evaluating, set_eval_mode
+from .policy import GenerationSettings, generate, response_forward, response_mask, token_logprobs
+from .ppo_math import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae,
+    kl_penalty_rewards,
+    masked_mean,
+    whiten,
+)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-# --------------------------------------------------------------------------- the math
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x − mean) / std over the masked entries (the mean kept when ``shift_mean`` is False)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask.to(x.dtype)
-
-
-def kl_penalty_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor,
-                       mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards −β·KL_t with the score added at each sequence's last token; also KL_t.
-
-    KL_t = log π(a_t) − log π_ref(a_t), the k1 estimator (unbiased; its mean over samples is
-    KL(π‖π_ref)).
-    """
-    mask = mask.to(logprobs.dtype)
-    kl = (logprobs - ref_logprobs) * mask
-    rewards = -kl_coef * kl
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
-    return rewards, kl
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages A_t = Σ_k (γλ)^k δ_{t+k} with δ_t = r_t + γ V_{t+1} − V_t, and returns A_t + V_t.
-
-    Positions outside ``mask`` (after the end of a response) have no value: V = 0 there.
-    """
-    mask = mask.to(values.dtype)
-    values = values * mask
-    T = rewards.shape[1]
-    adv = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
-        next_live = mask[:, t + 1] if t + 1 < T else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * next_live * running
-        adv[:, t] = running
-    adv = adv * mask
-    return adv, (adv + values) * mask
-
-
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) averaged over live tokens; also the clipped fraction."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    clip_frac = masked_mean((clipped > unclipped).float(), mask)
-    return loss, clip_frac
-
-
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                       mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """½·max((V − R)², (V_old + clip(V − V_old, −ε, ε) − R)²) over live tokens; also the clipped fraction."""
-    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    l1, l2 = (values - returns) ** 2, (v_clipped - returns) ** 2
-    return 0.5 * masked_mean(torch.max(l1, l2), mask), masked_mean((l2 > l1).float(), mask)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(logits.float(), -1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-# --------------------------------------------------------------------------- model pieces
+# --------------------------------------------------------------------------- the value head
 
 class ValueHead(nn.Module):
     """V(s) = w·h + b on the last hidden state h; zero-initialised (V = 0 at the start)."""
@@ -125,15 +57,11 @@ class ValueHead(nn.Module):
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
 
     def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
                   str(Path(folder) / VALUE_HEAD_FILE))
 
     @classmethod
     def load(cls, folder: Path) -> "ValueHead":
-        from safetensors.torch import load_file
-
         state = load_file(str(Path(folder) / VALUE_HEAD_FILE))
         head = cls(state["summary.weight"].shape[1])
         head.load_state_dict(state)
@@ -144,99 +72,6 @@ def hidden_size(model: nn.Module) -> int:
     cfg = unwrap(model).config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return cfg.hidden_size
-
-
-def response_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     prompt_len: int, temperature: float = 1.0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (/ temperature) for the response positions and the hidden states that predict them.
-
-    ``input_ids`` = left-padded prompt (``prompt_len`` columns) then the response. Position
-    ids follow the attention mask, as in generation. Only the response positions go
-    through the output head (the 49k-vocabulary logits are the largest activation).
-    """
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    path = fast_path(unwrap(model))
-    if path is not None:
-        backbone, head = path
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=positions).last_hidden_state[:, prompt_len - 1: -1]
-        logits = head(hidden)
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                    output_hidden_states=True)
-        hidden = out.hidden_states[-1][:, prompt_len - 1: -1]
-        logits = out.logits[:, prompt_len - 1: -1]
-    return logits.float() / max(temperature, 1e-6), hidden
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.gather(F.log_softmax(logits, -1), 2, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def response_mask(responses: torch.Tensor, eos_id: int | None) -> torch.Tensor:
-    """1 up to and including the first EOS of each response, 0 after it."""
-    if eos_id is None:
-        return torch.ones_like(responses)
-    is_eos = (responses == eos_id).long()
-    after = (is_eos.cumsum(-1) - is_eos) > 0
-    return (~after).long()
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), n), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, n - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, n - len(p):] = 1
-    return ids, mask
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-
-def generate(model: nn.Module, prompts: list[list[int]], pad_id: int, eos_id: int | None,
-             gen: GenerationSettings, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample responses: (prompt ids [B,P] left-padded, prompt mask, response ids [B,T]).
-
-    Runs under :func:`leantune.training.modes.evaluating` (dropout off, no gradients,
-    4-bit layers left in their trainable layout).
-    """
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    sample = not greedy and gen.temperature > 0
-    kwargs = dict(max_new_tokens=gen.max_new_tokens, do_sample=sample, pad_token_id=pad_id,
-                  eos_token_id=eos_id)
-    if sample:
-        kwargs.update(temperature=gen.temperature, top_k=gen.top_k or None, top_p=gen.top_p)
-    else:
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    with evaluating(model):
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    return ids, mask, out[:, ids.shape[1]:]
-
-
-@torch.no_grad()
-def response_kl(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor,
-                eos_id: int | None, temperature: float = 1.0) -> torch.Tensor:
-    """Σ_t log π(a_t) − log π_ref(a_t) over each response's live tokens, π_ref = the model with its
-    adapter disabled. For responses sampled from π this is the k1 estimate of KL(π‖π_ref) per
-    response, the quantity PPO penalises; log-probs use logits / temperature, as in the rollouts."""
-    live = response_mask(responses, eos_id)
-    input_ids, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, live], 1)
-    P = prompt_ids.shape[1]
-    with evaluating(model):
-        logp = token_logprobs(response_forward(model, input_ids, attention_mask, P, temperature)[0], responses)
-        with model.disable_adapter():
-            ref = token_logprobs(response_forward(model, input_ids, attention_mask, P, temperature)[0], responses)
-    return ((logp - ref) * live).sum(-1)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -391,29 +226,6 @@ class PPO:
                   "return_mean": masked_mean(ro.returns, ro.mask).item(), **stats}
         record["loss"] = stats["policy_loss"] + self.s.vf_coef * stats["value_loss"]
         return record, ro
-
-
-def write_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(path: Path, step: int) -> list[dict]:
-    """Keep the records of ``metrics.jsonl`` up to ``step`` (resuming from a checkpoint there)."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(record)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
-    return kept
 
 
 def n_iterations(n_prompts: int, batch_size: int, epochs: float, max_steps: int | None) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.builtin import write_jsonl as _write_jsonl
 from ..data.collate import pad_batch
 from ..data.templates import render
 from ..errors import LeantuneError
@@ -148,6 +149,4 @@ def reply_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    from ..data.builtin import write_jsonl as _write
-
-    return _write(rows, Path(path))
+    return _write_jsonl(rows, Path(path))

@@ -21,8 +21,12 @@ from typing import Any, Callable
 
 import torch
 
+from ..data.collate import pad_batch
+from ..data.templates import resolve_template
 from ..errors import RecipeError
-
+from ..export.run_loading import load_run
+from ..training.modes import evaluating
+from .preference import encode_pair, render_prompt, render_reply
 
 # --------------------------------------------------------------------------- built-in verifiable rewards
 
@@ -93,8 +97,6 @@ class RewardModelScorer(RewardFunction):
     """The scalar output of a ``stage: rm`` run, computed on (prompt, reply) with the RM's template."""
 
     def __init__(self, run_dir: str | Path, max_length: int | None = None, batch_size: int = 8):
-        from ..export.run_loading import load_run
-
         run = load_run(run_dir)
         if run.head != "seq_cls":
             raise RecipeError(f"reward {run_dir}: the run's head is {run.head}, not a reward model "
@@ -110,11 +112,6 @@ class RewardModelScorer(RewardFunction):
         self.model.to(device)
 
     def _score(self, prompts, completions, messages, **kwargs) -> list[float]:
-        from ..data.collate import pad_batch
-        from ..data.templates import resolve_template
-        from ..training.modes import evaluating
-        from .preference import encode_pair, render_prompt, render_reply
-
         template = resolve_template(self.tokenizer, self.template)
         ids = []
         for msgs, reply in zip(messages, completions):

@@ -17,18 +17,19 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 from pathlib import Path
 
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from ..errors import RecipeError
 from ..training.engine import TrainResult
 from ..training.guard import check_finite
 from ..training.interrupt import stop_on_signals
+from ..training.metrics_log import append_metrics, truncate_metrics
 
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint-N folder: it is complete
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -103,19 +104,7 @@ class MetricsCallback(TrainerCallback):
         self.path, self.history = Path(path), []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        lines = self.path.read_text().splitlines() if self.path.exists() and state.global_step else []
-        self.history = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if record.get("step", 0) <= state.global_step:
-                self.history.append(record)
-        if state.is_world_process_zero:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-            tmp.replace(self.path)
+        self.history = truncate_metrics(self.path, state.global_step, rewrite=state.is_world_process_zero)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "train_runtime" in logs:
@@ -123,8 +112,7 @@ class MetricsCallback(TrainerCallback):
         record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
         self.history.append(record)
         if state.is_world_process_zero:
-            with open(self.path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_metrics(self.path, record)
 
 
 class GuardCallback(TrainerCallback):
@@ -147,8 +135,6 @@ class GuardCallback(TrainerCallback):
 def run_trainer(trainer, run_dir: Path, resume: bool) -> TrainResult:
     """Train (from the last complete checkpoint with ``resume``), then raise
     :class:`~leantune.training.interrupt.TrainingInterrupted` if a stop signal arrived."""
-    from transformers.trainer_callback import PrinterCallback
-
     root, metrics = checkpoint_root(run_dir), MetricsCallback(Path(run_dir) / "metrics.jsonl")
     start = last_checkpoint(root) if resume else None  # none: the pipeline has said so
     for p in root.glob("checkpoint-*") if resume else ():  # this run's, half-written by a kill: of no use

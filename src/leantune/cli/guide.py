@@ -13,7 +13,6 @@ from ..errors import LeantuneError
 from .app import app, console, detail_table, quiet_libraries, user_errors
 
 
-
 def _mb(b: float) -> str:
     return f"{b / 2**20:,.0f} MB" if b < 10 * 2**30 else f"{b / 2**30:,.1f} GB"
 
@@ -43,9 +42,9 @@ def estimate(
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table.")):
     """Estimate peak training memory: weights, trainable, gradients, optimizer, activations, logits."""
     quiet_libraries()
-    from ..guide.estimate import Setting, suggestions, verdict
     from ..guide.model_shape import load_shape, parse_size, shape_from_numbers
-    from ..guide.estimate import estimate as run_estimate
+    from ..guide.peak_memory import Setting, suggestions, verdict
+    from ..guide.peak_memory import estimate as run_estimate
 
     if model is None and not (layers and hidden and heads):
         raise LeantuneError("estimate: give a model, or raw numbers --layers --hidden --heads (--params --vocab)")
@@ -129,8 +128,8 @@ def compare(recipe: Path = typer.Argument(..., help="Recipe YAML file: model, da
             isolate: bool = typer.Option(True, "--isolate/--in-process", help="One process per run (own peak memory).")):
     """Train the same recipe with several methods (or stages); table and charts in --out."""
     quiet_libraries()
-    from ..guide.compare import compare as run_compare
     from ..recipe import load_recipe
+    from ..workflows.compare import compare as run_compare
 
     raw = load_recipe(recipe, overrides or []).model_dump(mode="json")
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731

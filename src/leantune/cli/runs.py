@@ -100,7 +100,7 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo recipe.")):
     """Fine-tune SmolLM2-135M with LoRA on the built-in shell-help data; print command accuracy before/after."""
     quiet_libraries()
-    from ..demo import print_report, run_demo
+    from ..workflows.demo import print_report, run_demo
 
     result = run_demo(overrides or [], say=lambda m: console.print(m, highlight=False, soft_wrap=True),
                       progress=True)
@@ -116,33 +116,9 @@ def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", 
 
     read_run_files(run_dir)
     quiet_libraries()
-    from ..export.run_loading import load_run
-    from ..pipeline import load_data
-    from ..stages.registry import build_stage
+    from ..pipeline import evaluate_run
 
-    run = load_run(run_dir)
-    recipe = run.recipe
-    if data is not None:
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"eval": str(data)})})
-    stage = build_stage(recipe.stage)
-    stage.head_name = run.head
-    if recipe.stage["name"] in ("cls", "pet"):  # the label order the run was trained with
-        stage.config.labels = run.labels
-    if data is not None:  # only this file: the recorded train path may be relative to the recipe's folder
-        from ..data.formats import FORMATS, load_examples
-
-        loaded = load_examples(data, recipe.data.format, skip_invalid=recipe.data.skip_invalid)
-        if FORMATS[loaded.format].kind not in stage.data_kinds:
-            raise LeantuneError(f"{data}: '{loaded.format}' data does not fit the run's stage '{stage.name}'")
-        eval_examples = loaded.examples
-    else:
-        _, eval_examples = load_data(recipe, stage, None, lambda m: console.print(m))
-    prepared = stage.prepare(recipe, run.tokenizer, [], eval_examples)
-    if not prepared.eval:
-        raise LeantuneError(f"{run_dir}: no evaluation data (pass --data FILE)")
-    if hasattr(stage, "load_extra"):  # what the stage trained beside the method (pet: words, soft prompt)
-        stage.load_extra(run.model, run.run_dir / "adapter")
-    metrics = stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
+    metrics = evaluate_run(run_dir, data, say=lambda m: console.print(m))
     console.print_json(json.dumps(metrics))
 
 

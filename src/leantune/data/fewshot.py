@@ -1,22 +1,21 @@
-"""Few-shot data: K labelled examples per class, the rest as an unlabelled pool, and
-learning curves over several K and seeds.
+"""Few-shot data: K labelled examples per class, the rest as an unlabelled pool.
 
 ``data.shots: K`` keeps K examples per class of the training data (classification; K
 examples in all for other data), chosen with ``train.seed``. ``data.unlabeled: keep``
 keeps the examples not chosen, without their labels, as the unlabelled pool (PET's
 distillation set); a file path reads the pool from a file (rows with ``text`` and optional
-``text_pair``). ``data.shots: 0`` with only ``data.eval`` is zero-shot.
+``text_pair``). ``data.shots: 0`` with only ``data.eval`` is zero-shot. Learning curves over
+several K and seeds are in ``leantune.workflows.learning_curve``.
 """
 from __future__ import annotations
 
-import copy
 import random
-import statistics
 from pathlib import Path
 from typing import Callable
 
 from ..errors import LeantuneError, RecipeError
 from .formats import FORMATS, load_examples
+from .paths import resolve_data_path
 from .readers import read_rows
 
 
@@ -62,8 +61,6 @@ def load_unlabeled(path: str | Path) -> list[dict]:
 def few_shot_data(recipe, stage, base_dir: Path | None, say: Callable[[str], None],
                   load_labelled: Callable) -> tuple[list[dict], list[dict]]:
     """(train, eval) after few-shot sampling; sets ``stage.unlabeled`` (list or None)."""
-    from .paths import resolve_data_path
-
     shots = recipe.data.shots
     if shots == 0 and not recipe.data.train:
         if not recipe.data.eval:
@@ -89,42 +86,3 @@ def few_shot_data(recipe, stage, base_dir: Path | None, say: Callable[[str], Non
         pool = load_unlabeled(resolve_data_path(unlabeled, base_dir))
     stage.unlabeled = pool
     return train, evals
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
-def learning_curve(recipe, shots: list[int], seeds: list[int], *, metric: str = "accuracy",
-                   run: Callable | None = None, **train_kwargs) -> dict:
-    """Run the recipe for every (K, seed) and report ``metric`` as mean ± std per K.
-
-    ``run(recipe, **train_kwargs)`` defaults to :func:`leantune.pipeline.train` and must
-    return an object with ``eval_after`` (a metrics dict). Each run is named
-    ``{name}-k{K}-s{seed}``. Returns ``{"metric", "points": [{"shots", "mean", "std", "n",
-    "values"}], "runs": [...]}``.
-    """
-    if run is None:
-        from ..pipeline import train as run
-    base = recipe.run_name
-    points, runs = [], []
-    for k in shots:
-        values = []
-        for seed in seeds:
-            r = copy.deepcopy(recipe)
-            r.data.shots = k
-            r.train.seed = seed
-            r.output.name = f"{base}-k{k}-s{seed}"
-            summary = run(r, **train_kwargs)
-            metrics = summary.eval_after or {}
-            if metric not in metrics:
-                raise LeantuneError(f"learning curve: run {r.output.name} reported no {metric!r} "
-                                    f"(has {sorted(metrics)})")
-            values.append(float(metrics[metric]))
-            runs.append({"shots": k, "seed": seed, "name": r.output.name, metric: values[-1]})
-        points.append({"shots": k, **summarize(values), "values": values})
-    return {"metric": metric, "points": points, "runs": runs}

@@ -129,6 +129,32 @@ def _msg(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
+def _turns(items: list, key: str, fields: tuple[str, str], roles: dict[str, str], errs: Errors,
+           system: str | None = None) -> list[dict]:
+    """The messages of a list of turn objects ``{role_field, content_field}`` (problems named
+    ``key[i].field``); ``roles`` maps each accepted role name to its role, ``None`` where a
+    turn's role is missing or unknown. A system turn beside a top-level ``system`` is skipped."""
+    role_field, content_field = fields
+    messages = []
+    for i, item in enumerate(items):
+        at = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            errs.append((at, f"must be an object with '{role_field}' and '{content_field}', got {type_name(item)}"))
+            continue
+        given = item.get(role_field)
+        role = roles.get(given) if isinstance(given, str) else None
+        if given is None:
+            errs.append((f"{at}.{role_field}", "missing"))
+        elif role is None:
+            errs.append((f"{at}.{role_field}", f"{role_field} {shown(given)} is not one of {', '.join(roles)}"))
+        if role == "system" and system:
+            errs.append((f"{at}.{role_field}", "system given both as the top-level 'system' field and as a turn"))
+            continue
+        content = _text(item.get(content_field), f"{at}.{content_field}", errs)
+        messages.append(_msg(role, content))
+    return messages
+
+
 # -- formats ------------------------------------------------------------------
 
 def _alpaca(row: dict) -> tuple[dict | None, Errors]:
@@ -158,22 +184,7 @@ def _sharegpt(row: dict) -> tuple[dict | None, Errors]:
     if turns is None:
         return None, errs
     messages = [_msg("system", system)] if system else []
-    for i, turn in enumerate(turns):
-        at = f"conversations[{i}]"
-        if not isinstance(turn, dict):
-            errs.append((at, f"must be an object with 'from' and 'value', got {type_name(turn)}"))
-            continue
-        who = turn.get("from")
-        role = SHAREGPT_ROLES.get(who) if isinstance(who, str) else None
-        if who is None:
-            errs.append((f"{at}.from", "missing"))
-        elif role is None:
-            errs.append((f"{at}.from", f"from {shown(who)} is not one of {', '.join(SHAREGPT_ROLES)}"))
-        if role == "system" and system:
-            errs.append((f"{at}.from", "system given both as the top-level 'system' field and as a turn"))
-            continue
-        content = _text(turn.get("value"), f"{at}.value", errs)
-        messages.append(_msg(role, content))
+    messages += _turns(turns, "conversations", ("from", "value"), SHAREGPT_ROLES, errs, system=system)
     roles = [m["role"] for m in messages]
     if len(roles) == len(turns) + bool(system) and None not in roles:
         errs += _check_turns(roles, "conversations", "from", offset=1 if system else 0)
@@ -185,19 +196,7 @@ def _messages(row: dict) -> tuple[dict | None, Errors]:
     items = _list(row, "messages", errs)
     if items is None:
         return None, errs
-    messages = []
-    for i, item in enumerate(items):
-        at = f"messages[{i}]"
-        if not isinstance(item, dict):
-            errs.append((at, f"must be an object with 'role' and 'content', got {type_name(item)}"))
-            continue
-        role = item.get("role")
-        if role is None:
-            errs.append((f"{at}.role", "missing"))
-        elif role not in ROLES:
-            errs.append((f"{at}.role", f"role {shown(role)} is not one of {', '.join(ROLES)}"))
-        content = _text(item.get("content"), f"{at}.content", errs)
-        messages.append(_msg(role, content))
+    messages = _turns(items, "messages", ("role", "content"), {r: r for r in ROLES}, errs)
     roles = [m["role"] for m in messages]
     if len(roles) == len(items) and all(r in ROLES for r in roles):
         errs += _check_turns(roles, "messages", "role")

@@ -259,8 +259,7 @@ def _check_header(names: list[str], file: str) -> None:
 
 
 def _read_parquet(path: Path, problems: list[Problem]) -> list[tuple[int, dict]]:
-    import pyarrow.parquet as pq
-
+    import pyarrow.parquet as pq  # lazy: only .parquet files need it
     try:
         table = pq.read_table(path)
         names = table.column_names  # a column name that is not UTF-8 fails here

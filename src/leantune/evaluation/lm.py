@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..training.losses import causal_lm_token_losses, label_count, model_loss
 from ..training.modes import evaluating
 
 
@@ -24,3 +25,18 @@ def lm_loss_and_perplexity(model: nn.Module, features: list[dict], batch_size: i
             count += n
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def model_token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(summed loss, number of labelled tokens) from the model's own loss over unshifted labels
+    (masked LM, seq2seq)."""
+    n = label_count(batch, shifted=False)
+    return model_loss(model, batch) * n, n
+
+
+def lm_metrics(model: nn.Module, features: list[dict], batch_size: int,
+               collate: Callable[[list[dict]], dict], shifted: bool) -> dict[str, float]:
+    """Loss and perplexity of a language model: next-token prediction when ``shifted`` (causal
+    LM), else the model's own loss (masked LM with fixed masking, seq2seq)."""
+    token_loss = causal_lm_token_losses if shifted else model_token_losses
+    return lm_loss_and_perplexity(model, features, batch_size, collate, token_loss)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..methods.registry import Method, build_method
+from ..methods.base import Method
+from ..methods.registry import build_method
 from ..models.loading import load_model, load_tokenizer, resolve_model_path
 from ..recipe import Recipe
 from ..run_dir import read_run_files

@@ -8,7 +8,7 @@ from .model_shape import ModelShape
 
 # Free heap memory glibc keeps per byte of saved tensors under the engine's mmap threshold (it keeps about
 # as much free as it has in use: 291 MB free beside 272 MB of such tensors, SmolLM2 LoRA bf16, batch 8 × 94);
-# fitted with BF16_KERNELS_MB (estimate.py) on benchmarks/estimate_accuracy.py's 12 cases.
+# fitted with BF16_KERNELS_MB (peak_memory.py) on benchmarks/estimate_accuracy.py's 12 cases.
 HEAP_RETAINED = 1.15
 
 def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",

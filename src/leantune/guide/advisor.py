@@ -14,6 +14,10 @@ from typing import Callable
 
 import yaml
 
+from ..recipe import load_recipe
+from .model_shape import load_shape
+from .peak_memory import Setting, estimate
+
 TASKS = ("classification", "generation", "extraction", "summarization", "qa")
 
 # the main approaches, then the helpers that go with them
@@ -243,9 +247,6 @@ def recipe_for(approach: str, situation: Situation, data: str = "train.jsonl") -
 
 def memory_for(approach: str, situation: Situation) -> float | None:
     """Estimated peak bytes of the approach's recipe (ICL: a forward pass, no training state)."""
-    from .estimate import Setting, estimate
-    from .model_shape import load_shape
-
     method = {"icl": "lora", "pet": "lora", "self_training": "lora", "continued_pretraining": "lora",
               "llrd": "full"}.get(approach, approach)
     if method not in APPROACHES or method == "icl":
@@ -266,8 +267,6 @@ def memory_for(approach: str, situation: Situation) -> float | None:
 
 def advise(situation: Situation, out_dir: Path | None = None, data: str = "train.jsonl",
            with_memory: bool = True) -> list[Advice]:
-    from ..recipe import load_recipe
-
     scored = score(situation)
     advice = []
     for approach in APPROACHES + HELPERS:

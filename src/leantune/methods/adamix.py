@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..recipe.method_settings import AdaMixSettings
 from .adapter import bottleneck_size, like_model
 from .injection import InjectedMethod, activation, adapter_sites, hidden_size, wrap_after
 from .registry import register
-from .settings import AdaMixSettings
 
 
 class MixAdapter(nn.Module):

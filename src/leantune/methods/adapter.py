@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
+from ..recipe.method_settings import AdapterSettings
 from .injection import (
     InjectedMethod,
     activation,
@@ -25,7 +26,6 @@ from .injection import (
     wrap_parallel,
 )
 from .registry import register
-from .settings import AdapterSettings
 
 
 class Bottleneck(nn.Module):

@@ -16,9 +16,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import MethodError, NotMergeable
+from ..recipe.method_settings import BitFitSettings
 from .injection import InjectedMethod, in_out, select_linear
 from .registry import register
-from .settings import BitFitSettings
 from .targets import HEAD_NAMES
 
 

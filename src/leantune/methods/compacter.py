@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
+from ..recipe.method_settings import CompacterSettings
 from .adapter import bottleneck_size, like_model
 from .injection import InjectedMethod, activation, adapter_sites, hidden_size, wrap_after, wrap_parallel
 from .registry import register
-from .settings import CompacterSettings
 
 
 class SharedA(nn.Module):

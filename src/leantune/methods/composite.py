@@ -18,8 +18,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import NotMergeable
-from .registry import Method, MethodConfig, wraps_model
-from .settings import HE_2022, check_combination
+from ..recipe.method_settings import HE_2022, MethodConfig, check_combination
+from .base import Method, wraps_model
 
 MANIFEST = "composite.json"
 
@@ -109,9 +109,9 @@ class Composite(Method):
                 m.merge(self.inner(model))
         return self.peft.merge(model) if self.peft is not None else model
 
-    def after_backward(self, model: nn.Module, step: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         for m in self.members:
-            m.after_backward(model if m is self.peft else self.inner(model), step)
+            m.after_optimizer_step(model if m is self.peft else self.inner(model), step)
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
         for m in self.members:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
+from ..recipe.method_settings import EmbeddingSettings
 from .injection import InjectedMethod, attach, detach
 from .registry import register
-from .settings import EmbeddingSettings
 
 
 class NewRows(nn.Module):

@@ -9,9 +9,10 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import MethodError
+from ..recipe.method_settings import FreezeSettings
+from .base import Method, ensure_not_empty
 from .delta import load_delta, save_delta
-from .registry import Method, ensure_not_empty, register
-from .settings import FreezeSettings
+from .registry import register
 from .targets import HEAD_NAMES, layer_index
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
-from .registry import Method, register
-from .settings import FullSettings
+from ..recipe.method_settings import FullSettings
+from .base import Method
+from .registry import register
 
 
 @register

@@ -8,15 +8,13 @@ folding l into W merges it exactly.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from peft import IA3Config, PeftModel, get_peft_model
+from peft import IA3Config
 from torch import nn
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
-from .registry import Method, register
-from .settings import IA3Settings
+from ..recipe.method_settings import IA3Settings
+from .peft_backed import TASK_TYPES, PeftMethod, fan_in_fan_out
+from .registry import register
 from .targets import resolve_targets
 
 # Per architecture: (targets, feed-forward targets) — keys, values, and the MLP's second
@@ -33,7 +31,7 @@ IA3_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
 
 
 @register
-class IA3(Method):
+class IA3(PeftMethod):
     name = "ia3"
     Config = IA3Settings
 
@@ -53,16 +51,4 @@ class IA3(Method):
         if outside:
             raise MethodError(f"method 'ia3': feedforward layers {outside[:3]} are not among the targets")
         return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=TASK_TYPES.get(head),
-                         fan_in_fan_out=model_type == "gpt2")
-
-    def apply(self, model: nn.Module, head: str) -> nn.Module:
-        return get_peft_model(model, self.peft_config(model, head))
-
-    def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
-
-    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        return PeftModel.from_pretrained(model, path, is_trainable=False)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()
+                         fan_in_fan_out=fan_in_fan_out(model))

@@ -29,8 +29,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import MethodError
+from .base import Method, ensure_not_empty
 from .delta import load_delta, save_delta
-from .registry import Method, ensure_not_empty
 from .targets import resolve_targets
 
 LINEAR_TYPES = (nn.Linear, Conv1D)

@@ -17,20 +17,18 @@ LoKr serves ``nn.Linear`` only (not GPT-2's ``Conv1D``).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from peft import LoKrConfig, PeftModel, get_peft_model
+from peft import LoKrConfig
 from torch import nn
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
-from .registry import Method, register
-from .settings import KronASettings
+from ..recipe.method_settings import KronASettings
+from .peft_backed import TASK_TYPES, PeftMethod
+from .registry import register
 from .targets import resolve_targets
 
 
 @register
-class KronA(Method):
+class KronA(PeftMethod):
     name = "krona"
     Config = KronASettings
 
@@ -54,17 +52,8 @@ class KronA(Method):
                           task_type=TASK_TYPES.get(head))
 
     def apply(self, model: nn.Module, head: str) -> nn.Module:
-        model = get_peft_model(model, self.peft_config(model, head))
+        model = super().apply(model, head)
         for n, m in model.named_modules():  # guard: exactly one full A and one full B per layer
             if hasattr(m, "lokr_w1") and ("default" not in m.lokr_w1 or "default" not in m.lokr_w2):
                 raise MethodError(f"method '{self.name}': PEFT LoKr decomposed a Kronecker factor of {n}")
         return model
-
-    def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
-
-    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        return PeftModel.from_pretrained(model, path, is_trainable=False)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()

@@ -18,6 +18,8 @@ import sys
 
 import torch
 from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from ..errors import MethodError
 from .injection import find_modules, in_out
@@ -64,8 +66,6 @@ class KVPrefix(nn.Module):
 
 
 def _inner(module: nn.Module, name: str):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     if name == "eager":
         return sys.modules[type(module).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS[name]
@@ -107,9 +107,6 @@ def _make_interface(inner_name: str):
 
 
 def _register() -> None:
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    from transformers.modeling_utils import AttentionInterface
-
     for inner in ("sdpa", "eager"):
         name = IMPL_PREFIX + inner
         AttentionInterface.register(name, _make_interface(inner))

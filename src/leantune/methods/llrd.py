@@ -18,10 +18,43 @@ from pathlib import Path
 
 from torch import nn
 
-from ..training.optim import layerwise_param_groups
+from ..recipe.method_settings import LLRDSettings
 from .full import Full
 from .registry import register
-from .settings import LLRDSettings
+from .targets import layer_index, skips_weight_decay
+
+EMBEDDING_HINTS = ("embed", "wte", "wpe", "shared", "word_embeddings", "position_embeddings", "token_type_embeddings")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 for embeddings, k+1 for block k,
+    ``num_layers`` for everything after the blocks (final norm, head, added modules)."""
+    k = layer_index(name)
+    if k is not None:
+        return k + 1
+    if any(h in name.lower() for h in EMBEDDING_HINTS):
+        return 0
+    return num_layers
+
+
+def layerwise_param_groups(model: nn.Module, lr: float, weight_decay: float, decay: float) -> list[dict]:
+    """Layer-wise lr decay (Howard & Ruder 2018): depth i gets ``lr · decay^(L − i)``,
+    L = number of blocks; biases and norms still skip weight decay. T5's encoder and
+    decoder block k share depth k+1."""
+    names = [n for n, _ in model.named_parameters()]
+    indices = [i for n in names if (i := layer_index(n)) is not None]
+    num_layers = max(indices) + 1 if indices else 0
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = layer_depth(name, num_layers)
+        no_decay = skips_weight_decay(name, p)
+        group = groups.setdefault((depth, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr": lr * decay ** (num_layers - depth), "depth": depth})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
 
 
 @register

@@ -7,16 +7,14 @@ so the merged model is a plain model with new norm weights.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from peft import LNTuningConfig, PeftModel, get_peft_model
+from peft import LNTuningConfig
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
-from .registry import Method, register
-from .settings import LNTuningSettings
+from ..recipe.method_settings import LNTuningSettings
+from .peft_backed import TASK_TYPES, PeftMethod
+from .registry import register
 from .targets import _in_head, _matches
 
 
@@ -50,22 +48,16 @@ def resolve_norm_targets(model: nn.Module, targets: str | list[str], method: str
 
 
 @register
-class LNTuning(Method):
+class LNTuning(PeftMethod):
     name = "ln_tuning"
     Config = LNTuningSettings
 
-    def apply(self, model: nn.Module, head: str) -> nn.Module:
+    def peft_config(self, model: nn.Module, head: str) -> LNTuningConfig:
         targets = resolve_norm_targets(model, self.config.targets, self.name)
-        return get_peft_model(model, LNTuningConfig(target_modules=targets, task_type=TASK_TYPES.get(head)))
-
-    def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
-
-    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        return PeftModel.from_pretrained(model, path, is_trainable=False)
+        return LNTuningConfig(target_modules=targets, task_type=TASK_TYPES.get(head))
 
     def merge(self, model: nn.Module) -> nn.Module:
-        merged = model.merge_and_unload()
+        merged = super().merge(model)
         # PEFT 0.21's LN-tuning unload leaves ``modules_to_save`` wrappers (the trained classifier
         # copy of seq_cls) in place; unwrap them the way the other tuners do.
         for name, module in list(merged.named_modules()):

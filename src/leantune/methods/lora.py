@@ -7,16 +7,13 @@ Saved in PEFT's format, so PEFT, vLLM and others load the adapter directly.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig
 from torch import nn
 
-from .registry import Method, register
-from .settings import LoraSettings
+from ..recipe.method_settings import LoraSettings
+from .peft_backed import TASK_TYPES, PeftMethod, fan_in_fan_out
+from .registry import register
 from .targets import resolve_targets
-
-TASK_TYPES = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS, "seq2seq": TaskType.SEQ_2_SEQ_LM}
 
 
 def peft_lora_config(cfg: LoraSettings, model: nn.Module, head: str, method: str) -> LoraConfig:
@@ -30,23 +27,14 @@ def peft_lora_config(cfg: LoraSettings, model: nn.Module, head: str, method: str
         use_rslora=cfg.rslora,
         bias=cfg.bias,
         task_type=TASK_TYPES.get(head),
-        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+        fan_in_fan_out=fan_in_fan_out(model),
     )
 
 
 @register
-class LoRA(Method):
+class LoRA(PeftMethod):
     name = "lora"
     Config = LoraSettings
 
-    def apply(self, model: nn.Module, head: str) -> nn.Module:
-        return get_peft_model(model, peft_lora_config(self.config, model, head, self.name))
-
-    def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
-
-    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        return PeftModel.from_pretrained(model, path, is_trainable=False)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()
+    def peft_config(self, model: nn.Module, head: str) -> LoraConfig:
+        return peft_lora_config(self.config, model, head, self.name)

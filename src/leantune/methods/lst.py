@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
+from ..recipe.method_settings import LSTSettings
 from .adapter import bottleneck_size, like_model
 from .injection import InjectedMethod, activation, attach, hidden_size
 from .registry import register
-from .settings import LSTSettings
 
 
 class SideBlock(nn.Module):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..recipe.method_settings import MAMSettings
 from .adapter import Bottleneck, bottleneck_size, like_model
 from .injection import InjectedMethod, hidden_size, wrap_parallel
 from .kv_prefix import add_prefixes
 from .registry import register
-from .settings import MAMSettings
 
 
 @register

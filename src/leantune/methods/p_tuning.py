@@ -9,10 +9,10 @@ from __future__ import annotations
 from peft import PeftConfig, PromptEncoderConfig, PromptEncoderReparameterizationType
 from torch import nn
 
-from .lora import TASK_TYPES
+from ..recipe.method_settings import PTuningSettings
+from .peft_backed import TASK_TYPES
 from .prompt_tuning import PromptLearning
 from .registry import register
-from .settings import PTuningSettings
 
 ENCODERS = {"mlp": PromptEncoderReparameterizationType.MLP, "lstm": PromptEncoderReparameterizationType.LSTM}
 

@@ -20,11 +20,11 @@ from peft import PeftConfig, PrefixTuningConfig, initialize_kv_prefix_from_text
 from torch import nn
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
+from ..recipe.method_settings import PTuningV2Settings
+from .peft_backed import TASK_TYPES
 from .prefix_tuning import check_prefix_support
 from .prompt_tuning import PromptLearning, model_tokenizer
 from .registry import register
-from .settings import PTuningV2Settings
 
 
 @register

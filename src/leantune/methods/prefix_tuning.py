@@ -12,10 +12,10 @@ from peft import PeftConfig, PrefixTuningConfig
 from torch import nn
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
+from ..recipe.method_settings import PrefixTuningSettings
+from .peft_backed import TASK_TYPES
 from .prompt_tuning import PromptLearning, backbone_takes_cache
 from .registry import register
-from .settings import PrefixTuningSettings
 
 
 def check_prefix_support(model: nn.Module, method: str) -> None:

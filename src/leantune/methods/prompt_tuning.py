@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from peft import PeftConfig, PeftModel, PromptTuningConfig, PromptTuningInit, get_peft_model
+
+from peft import PeftConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
+from transformers import AutoTokenizer
 
 from ..errors import MethodError
-from .lora import TASK_TYPES
-from .registry import Method, register
-from .settings import PromptTuningSettings
+from ..recipe.method_settings import PromptTuningSettings
+from .peft_backed import TASK_TYPES, PeftMethod
+from .registry import register
 
 # Heads PEFT's prompt learning serves: the virtual tokens are prepended (prompt tuning,
 # P-tuning) or live in the attention cache (prefix tuning), and PEFT pads the labels
@@ -48,14 +50,12 @@ def token_dim(model: nn.Module) -> int:
     raise MethodError(f"cannot tell the embedding size of {type(model).__name__}")
 
 
-class PromptLearning(Method):
-    """Shared apply/save/load of PEFT's prompt-learning tuners (never mergeable)."""
+class PromptLearning(PeftMethod):
+    """Shared apply/load of PEFT's prompt-learning tuners (never mergeable); saved as every
+    PEFT method is (``PeftMethod.save``)."""
 
     family = "addition"
     mergeable = False
-
-    def peft_config(self, model: nn.Module, head: str) -> PeftConfig:
-        raise NotImplementedError
 
     def apply(self, model: nn.Module, head: str) -> nn.Module:
         check_prompt_head(head, self.name)
@@ -65,12 +65,9 @@ class PromptLearning(Method):
         except (ValueError, TypeError, KeyError) as exc:  # PEFT's own refusals, as a user error
             raise MethodError(f"method '{self.name}': PEFT cannot apply it to {type(model).__name__}: {exc}") from None
 
-    def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(path, safe_serialization=True)
-
     def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
         check_prompt_head(head, self.name)
-        model = PeftModel.from_pretrained(model, path, is_trainable=False)
+        model = super().load(model, path, head)
         model.requires_grad_(False)  # PEFT leaves prompt encoders trainable even for inference
         return model
 
@@ -79,8 +76,6 @@ def model_tokenizer(model: nn.Module, method: str):
     """(path, tokenizer) of the folder the model was loaded from, for text initialisations."""
     source = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
     try:
-        from transformers import AutoTokenizer
-
         return source, AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise MethodError(

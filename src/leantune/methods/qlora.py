@@ -10,12 +10,13 @@ import warnings
 from typing import Any
 
 import torch
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import BitsAndBytesConfig
 
+from ..recipe.method_settings import QLoraSettings
 from .lora import LoRA
 from .registry import register
-from .settings import QLoraSettings
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -51,8 +52,6 @@ class QLoRA(LoRA):
             "differs from the 4-bit model by the quantization error of the base.",
             stacklevel=2,
         )
-        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
         config = model.peft_config["default"]
         state = get_peft_model_state_dict(model)
         base = model.unload()
@@ -64,8 +63,8 @@ class QLoRA(LoRA):
 
 def dequantize_base(model: nn.Module) -> None:
     """Replace every bitsandbytes 4-bit base layer by an nn.Linear with de-quantized weights."""
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import dequantize_4bit
+    import bitsandbytes as bnb  # lazy: heavy (loads its CUDA/CPU binaries), only a QLoRA merge needs it
+    from bitsandbytes.functional import dequantize_4bit  # lazy: heavy, only a QLoRA merge needs it
 
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):

@@ -1,99 +1,37 @@
-"""The method registry: every delta-tuning method behind one interface.
+"""The method registry: every delta-tuning method behind one interface (``base.Method``),
+found by name.
 
-A method turns a loaded base model into one whose trainable parameters are the
-method's, saves and reloads just those, and (where the math allows) folds them
-back into plain weights.
+The names, settings and descriptions live in the torch-free ``settings`` table; a class
+registered here gets its description from it. The mechanics (table, discovery of this
+package's modules, did-you-mean errors) are the shared ``leantune.registry.Registry``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from torch import nn
-
-from ..errors import MethodError, NotMergeable
-from .settings import ALL_ARCHITECTURES, METHOD_INFO, Family, MethodConfig, method_info, parse_method
-from .settings import validate_method_settings  # noqa: F401  (re-exported: torch-free in .settings)
+from ..recipe.method_settings import METHOD_INFO, parse_method
+from ..registry import Registry
+from .base import Method
+from .composite import Composite
 
 
-class Method:
-    """One delta-tuning method. Subclasses set ``name`` and ``Config`` (its settings class in
-    ``settings.py``); ``register`` gives them the rest of the class attributes."""
-
-    name: ClassVar[str]
-    family: ClassVar[Family]
-    mergeable: ClassVar[bool] = False
-    paper: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    architectures: ClassVar[str] = ALL_ARCHITECTURES
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
-    # True: ``apply`` returns a PEFT wrapper around the model; None: not declared (guessed, see wraps_model())
-    wraps_model: ClassVar[bool | None] = None
-
-    def __init__(self, config: MethodConfig):
-        self.config = config
-
-    # ---- before loading
-    def set_total_steps(self, n: int) -> None:
-        """Told the number of optimizer steps before ``apply``, for methods whose schedule
-        depends on it (AdaLoRA's rank budget). Methods that need nothing ignore it."""
-
-    def load_kwargs(self) -> dict[str, Any]:
-        """Extra ``from_pretrained`` arguments the method needs (e.g. quantization)."""
-        return {}
-
-    # ---- the method itself
-    def apply(self, model: nn.Module, head: str) -> nn.Module:
-        """Inject the method into ``model`` and freeze everything it does not train."""
-        raise NotImplementedError
-
-    def save(self, model: nn.Module, path: Path) -> None:
-        raise NotImplementedError
-
-    def load(self, model: nn.Module, path: Path, head: str) -> nn.Module:
-        """Apply the method to a fresh base ``model`` and load its saved weights."""
-        raise NotImplementedError
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        raise NotMergeable(f"method '{self.name}' cannot be merged into the base weights")
-
-    # ---- training hooks
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        """Called once per optimizer step, after ``optimizer.step()`` and before ``zero_grad``:
-        the step's gradients are still in ``.grad`` (AdaLoRA reads them)."""
-
-    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
-        """Optimizer parameter groups, or None for the engine's default (one lr for all);
-        ``llrd`` returns layer-wise decayed learning rates."""
-        return None
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Record ``cls`` under its name, described as ``settings.METHOD_INFO`` describes that name
-    (family, mergeable, summary, paper, architectures, and whether it wraps the model)."""
+def describe(cls: type[Method]) -> None:
+    """Give ``cls`` what ``settings.METHOD_INFO`` says of its name (family, mergeable, summary,
+    paper, architectures, and whether it wraps the model)."""
     info = METHOD_INFO[cls.name]
     cls.family, cls.mergeable, cls.summary, cls.paper = info.family, info.mergeable, info.summary, info.paper
     cls.architectures, cls.wraps_model = info.architectures, info.peft
-    METHODS[cls.name] = cls
-    return cls
 
 
-def _load_builtin_methods() -> None:
-    """Import every module of this package once: each registers its classes."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__ := [str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{info.name}")
+REGISTRY: Registry[Method] = Registry("method", __package__, METHOD_INFO, describe)
+METHODS: dict[str, type[Method]] = REGISTRY.classes
+register = REGISTRY.register
 
 
 def get_method_class(name: str) -> type[Method]:
-    method_info(name)  # an unknown name: an error naming the closest one, before anything is imported
-    _load_builtin_methods()
-    return METHODS[name]
+    """The class of method ``name``; an unknown name is an error naming the closest one,
+    raised before any method module (or torch) is imported."""
+    return REGISTRY.get(name)
 
 
 def build_method(spec: dict[str, Any] | list[dict[str, Any]], source: str = "recipe") -> Method:
@@ -104,41 +42,10 @@ def build_method(spec: dict[str, Any] | list[dict[str, Any]], source: str = "rec
     if isinstance(spec, list):
         if len(spec) == 1:
             return build_method(spec[0], source)
-        from .composite import Composite
-
         return Composite([build_method(s, source) for s in spec], source)
     name, config = parse_method(spec, source)
     return get_method_class(name)(config)
 
 
-def wraps_model(method: Method) -> bool:
-    """Whether ``apply`` wraps the model in a PeftModel: declared, or guessed from the
-    method's module importing PEFT's model-wrapping API."""
-    declared = type(method).wraps_model
-    if declared is not None:
-        return declared
-    return imports_peft_wrapper(type(method))
-
-
-def imports_peft_wrapper(cls: type[Method]) -> bool:
-    """Whether the module of ``cls`` or of a base class imports PEFT's model-wrapping API."""
-    import sys
-
-    for base in cls.__mro__:
-        module = sys.modules.get(base.__module__)
-        if module is not None and any(getattr(v, "__module__", "").startswith("peft")
-                                      and getattr(v, "__name__", "") in ("get_peft_model", "PeftModel")
-                                      for v in vars(module).values()):
-            return True
-    return False
-
-
 def list_methods() -> list[type[Method]]:
-    _load_builtin_methods()
-    return [METHODS[k] for k in sorted(METHODS)]
-
-
-def ensure_not_empty(model: nn.Module, method: str) -> None:
-    """A method that leaves nothing trainable is a configuration error."""
-    if not any(p.requires_grad for p in model.parameters()):
-        raise MethodError(f"method '{method}' left no trainable parameters with these settings")
+    return REGISTRY.all()

@@ -1,4 +1,5 @@
-"""Choosing the layers a method acts on: name patterns with per-architecture defaults."""
+"""Choosing the layers a method acts on: name patterns with per-architecture defaults, and
+what a parameter's name says of it (its block, whether weight decay skips it)."""
 from __future__ import annotations
 
 import re
@@ -23,6 +24,9 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 # Output heads are never LoRA targets by default.
 HEAD_NAMES = ("lm_head", "classifier", "score", "cls", "pooler", "qa_outputs")
+
+# Parameters whose names contain one of these (and every vector) are exempt from weight decay.
+NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
@@ -81,3 +85,8 @@ def layer_index(name: str) -> int | None:
     """The transformer block a parameter belongs to (``…layers.3.…`` → 3)."""
     m = re.search(r"\.(?:layers|layer|h|block)\.(\d+)\.", "." + name + ".")
     return int(m.group(1)) if m else None
+
+
+def skips_weight_decay(name: str, p: nn.Parameter) -> bool:
+    """Biases, norms and every other vector train without weight decay."""
+    return p.ndim < 2 or any(h in name.lower() for h in NO_DECAY_HINTS)

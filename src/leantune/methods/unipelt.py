@@ -20,11 +20,11 @@ import math
 import torch
 from torch import nn
 
+from ..recipe.method_settings import UniPELTSettings
 from .adapter import Bottleneck, bottleneck_size, like_model
 from .injection import InjectedMethod, add_after, attach, find_modules, hidden_size, in_out, select_linear
 from .kv_prefix import add_prefixes
 from .registry import register
-from .settings import UniPELTSettings
 
 LORA_CHILD = "leantune_lora"
 

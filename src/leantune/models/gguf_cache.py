@@ -23,8 +23,11 @@ def is_converted(folder: Path) -> bool:
 
 def convert_gguf(gguf_file: Path, target: Path) -> Path:
     """Write ``target`` atomically (temp folder, then rename) and return it."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    from transformers import (  # lazy: `leantune models` lists the cache without importing transformers
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
     if is_converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

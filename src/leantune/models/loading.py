@@ -3,11 +3,13 @@ it with the head a stage needs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -20,6 +22,8 @@ from transformers import (
 )
 
 from ..errors import ModelSourceError
+from ..methods.registry import build_method
+from ..recipe import Recipe
 from .catalog import PACKAGED, cache_dir, leantune_home
 from .gguf_cache import convert_gguf
 from .safety import check_model_folder
@@ -59,8 +63,6 @@ def resolve_model_path(name: str) -> Path:
         raise ModelSourceError(f"{path}: folder has no config.json; it is not a Hugging Face model folder")
     if "/" in name and not name.startswith((".", "/")):
         try:
-            from huggingface_hub import snapshot_download
-
             return Path(snapshot_download(name, local_files_only=True))
         except Exception:
             pass
@@ -88,8 +90,6 @@ def check_run_source(path: Path) -> Path:
 
 
 def _run_meta(path: Path) -> dict:
-    import json
-
     return json.loads((Path(path) / "run.json").read_text())
 
 
@@ -108,9 +108,6 @@ def _load_run_merged(path: Path, head: str, dtype: str, trust_remote_code: bool,
     The base is loaded with ``head`` (e.g. a causal-LM SFT run becomes the backbone of a
     sequence-classification reward model); the run's own head layers are not carried over.
     """
-    from ..methods.registry import build_method
-    from ..recipe import Recipe
-
     if extra and extra.get("quantization_config") is not None:
         raise ModelSourceError(f"{path}: a run directory cannot be loaded quantized as a model; "
                                f"write it out with `leantune merge` and use that folder")

@@ -14,8 +14,10 @@ import random
 from typing import Callable, Protocol
 
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from ..errors import RecipeError
+from ..models.loading import resolve_model_path
 
 STRATEGIES = ("random", "balanced", "similar")
 ORDERS = ("random", "similar_last")
@@ -95,9 +97,6 @@ class MeanPoolEmbedder:
     """Sentence embeddings: mean of the encoder's last hidden states over real tokens, L2-normalised."""
 
     def __init__(self, model: str = "minilm-l6", max_length: int = 128, batch_size: int = 32):
-        from transformers import AutoModel, AutoTokenizer
-
-        from ..models.loading import resolve_model_path
 
         path = resolve_model_path(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

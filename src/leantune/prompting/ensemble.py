@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .template import Template, compose  # noqa: F401  (re-exported: composition)
+from ..recipe.template import Template, compose  # noqa: F401  (re-exported: composition)
 
 
 def average(probs: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:

@@ -19,8 +19,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
 
-from ..training.losses import fast_path, uses_prompt_learning, unwrap
+from ..training.losses import fast_path, unwrap, uses_prompt_learning
 
 
 class SoftPrompt(nn.Module):
@@ -78,8 +79,6 @@ def prefix_cache(model: nn.Module, prefix_ids: torch.Tensor) -> tuple[tuple[torc
 def _expand_past(past, batch: int):
     """A fresh cache holding ``past`` (batch 1) for ``batch`` rows; the forward pass appends to
     the new cache's own tensors, so ``past`` itself is never changed."""
-    from transformers import DynamicCache
-
     return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in past])
 
 

@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from ..data.collate import pad_batch
 from ..errors import RecipeError
 from ..training.modes import evaluating
 from .label_scoring import logprobs_at, pad_words
@@ -94,8 +95,6 @@ def search_label_words(model, tokenizer, template, examples: list[dict], labels:
                        k: int = 1, max_length: int = 256, batch_size: int = 8, min_chars: int = 2,
                        candidates: list[str] | None = None) -> dict[str, list[str]]:
     """The k best single-token label words per label by likelihood ratio (see module doc)."""
-    from ..data.collate import pad_batch
-
     by_label = {str(lab): i for i, lab in enumerate(labels)}
     feats = []
     for ex in examples:

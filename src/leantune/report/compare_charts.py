@@ -9,11 +9,9 @@ CHARTS = (("trainable_params", "trainable parameters", True, "metric_vs_params.p
 
 
 def plot_compare(rows: list[dict], metric: str | None, out_dir: Path) -> list[Path]:
-    import matplotlib
-
+    import matplotlib  # lazy: charts only; the import takes ~1 s
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    import matplotlib.pyplot as plt  # lazy: charts only; the import takes ~1 s
     done = [r for r in rows if r.get("metric") is not None]
     if not done or metric is None:
         return []

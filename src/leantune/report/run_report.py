@@ -6,54 +6,43 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 
+Points = list[tuple[float, float]]
+
+
+def _save_chart(path: Path, ylabel: str, series: list[tuple[Points, str | None, str]]) -> Path:
+    """One chart against the step, saved to ``path``: a line per (points, format, label)."""
+    import matplotlib  # lazy: charts only; the import takes ~1 s
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: charts only; the import takes ~1 s
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for pts, fmt, label in series:
+        ax.plot(*zip(*pts), *([fmt] if fmt else []), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
 
 def plot_curves(history: list[dict], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     train = [(r["step"], r["loss"]) for r in history if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_chart(path, "loss", [(train, None, "train loss")] + ([(evals, "o-", "eval loss")] if evals else []))
 
 
 def plot_metrics(history: list[dict], path: Path) -> Path | None:
     """Evaluation metrics other than the loss (accuracy, F1, perplexity…) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = sorted({k for r in history for k in r if k.startswith("eval_") and k != "eval_loss"
                    and isinstance(r[k], (int, float))})
     if not keys:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in history if k in r]
-        ax.plot(*zip(*pts), "o-", label=k.removeprefix("eval_"))
-    ax.set_xlabel("step")
-    ax.set_ylabel("metric")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_chart(path, "metric", [([(r["step"], r[k]) for r in history if k in r], "o-", k.removeprefix("eval_"))
+                                        for k in keys])
 
 
 def estimate_line(summary: dict) -> str | None:

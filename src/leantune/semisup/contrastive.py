@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.builtin import dialog_pairs
+
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token vectors where ``attention_mask`` is 1: [B, T, H] → [B, H]."""
@@ -105,8 +107,6 @@ def bilingual_category_rows(first: str = "english", second: str = "spanish") -> 
     e.g. money 31 vs dinero 30 lines), so lines are paired at the category level: the
     supervised contrastive loss pulls together lines of the same topic across both languages.
     Only the categories of ``DIALOG_CATEGORY_MAP`` (present in both) are kept."""
-    from ..data.builtin import dialog_pairs
-
     if (first, second) != ("english", "spanish"):
         raise ValueError("the category map covers english → spanish only")
     back = {v: k for k, v in DIALOG_CATEGORY_MAP.items()}

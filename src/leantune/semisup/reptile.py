@@ -9,16 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in state:
-                p.copy_(state[n])
+from ..training.checkpoint import load_trainable, trainable_state
 
 
 def adapt(model: nn.Module, task_loss: Callable[[], torch.Tensor], steps: int, lr: float,

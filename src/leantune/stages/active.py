@@ -19,13 +19,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+
 from ..data.fewshot import sample_shots
 from ..errors import RecipeError
-from ..semisup import rounds as R
+from ..recipe.stage_settings import ActiveSettings
 from ..semisup.acquisition import query
-from ..semisup.reptile import trainable_state
+from ..training.checkpoint import trainable_state
+from . import rounds as R
 from .registry import PreparedData, Stage, register
-from .settings import ActiveSettings
 
 CSV_FIELDS = ["text", "text_pair", "label", "round"]
 

@@ -6,9 +6,9 @@ from ..data.collate import pad_batch
 from ..data.tokenize import tokenize_classification
 from ..errors import DataValidationError, Problem
 from ..evaluation.classification import classification_metrics, predict
+from ..recipe.stage_settings import ClassificationSettings
 from ..training.losses import model_loss
 from .registry import PreparedData, Stage, register
-from .settings import ClassificationSettings
 
 
 @register

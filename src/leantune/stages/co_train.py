@@ -11,14 +11,12 @@ import copy
 import warnings
 from pathlib import Path
 
-from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
-from ..semisup import rounds as R
+from ..recipe.stage_settings import CoTrainSettings
 from ..semisup.pseudo_label import pseudo_label_precision, select
-from ..semisup.reptile import trainable_state
+from ..training.checkpoint import trainable_state
+from . import rounds as R
 from .registry import PreparedData, Stage, register
-from .self_train import pool_gold
-from .settings import CoTrainSettings
 
 VIEWS = ("head", "tail")
 
@@ -31,15 +29,11 @@ class CoTrain(R.RoundClassifier, Stage):
     Config = CoTrainSettings
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
-        if not self.unlabeled:
-            raise RecipeError(f"stage {self.name}: needs an unlabelled pool (data.unlabeled: keep, or a file)")
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.labels = R.label_index(recipe, train_examples, eval_examples, self.config.labels)
+        self.start_pool(recipe, tokenizer, train_examples, eval_examples)
         ml = recipe.train.max_length
         self.views = {v: {"train": R.featurize(train_examples, tokenizer, ml, self.labels, v),
                           "eval": R.featurize(eval_examples, tokenizer, ml, self.labels, v),
                           "pool": R.featurize(self.unlabeled, tokenizer, ml, self.labels, v)} for v in VIEWS}
-        self.gold = pool_gold(recipe, self.unlabeled, self.labels)
         self.model_b = None
         train = self.views["head"]["train"]
         evals = R.featurize(eval_examples, tokenizer, ml, self.labels)

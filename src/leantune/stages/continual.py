@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 
 from ..data.collate import pad_batch
 from ..data.tokenize import tokenize_classification
 from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
-from ..methods.registry import wraps_model
+from ..methods.base import wraps_model
+from ..recipe.stage_settings import ContinualSettings
 from ..training.engine import Engine, TrainResult
 from ..training.modes import evaluating
 from ..transfer.features import cross_entropy, masked_logits
@@ -34,7 +36,6 @@ from ..transfer.fisher import EWC, diagonal_fisher
 from ..transfer.replay import ReservoirBuffer, mix_with_replay
 from ..transfer.tasks import load_tasks, task_names
 from .registry import PreparedData, Stage, register
-from .settings import ContinualSettings
 
 TASK_ADAPTERS = "task_adapters.json"
 
@@ -195,7 +196,7 @@ class Continual(Stage):
             task_dir = Path(run_dir) / f"task-{t}-{name}"
             task_dir.mkdir(parents=True, exist_ok=True)
             engine = Engine(model, mix, recipe.train, task_dir, self.collate, self.loss, progress=progress,
-                            after_backward=method.after_backward, param_groups=method.param_groups)
+                            after_optimizer_step=method.after_optimizer_step, param_groups=method.param_groups)
             result = engine.fit()
             self.precision = engine.precision
             steps += result.steps

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
+from safetensors.torch import save_file
 
 from ..data.collate import pad_batch
 from ..errors import RecipeError
+from ..recipe.stage_settings import ContrastiveSettings
 from ..semisup.contrastive import encode, info_nce, knn_accuracy, recall_at_1, simcse_loss, supcon_loss, uniformity
 from ..training.modes import evaluating
 from .registry import PreparedData, Stage, register
-from .settings import ContrastiveSettings
 
 
 @register
@@ -124,7 +126,6 @@ class Contrastive(Stage):
     def save_extra(self, model, folder: Path) -> None:
         if not self.config.export:
             return
-        from safetensors.torch import save_file
 
         features = getattr(self, "_last_eval", None) or self.train_features
         z = self.embed(model, features, 16)

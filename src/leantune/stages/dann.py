@@ -18,15 +18,17 @@ from safetensors.torch import save_file
 
 from ..data.collate import pad_batch
 from ..data.formats import load_examples
+from ..data.loading import default_load_data
+from ..data.paths import resolve_data_path
 from ..data.tokenize import tokenize_classification
 from ..errors import DataValidationError, Problem, RecipeError
 from ..evaluation.classification import classification_metrics, predict
 from ..models.loading import load_config, resolve_model_path
+from ..recipe.stage_settings import DANNSettings
 from ..training.engine import count_total_steps
 from ..transfer.features import is_encoder, pool_hidden, pooled_features
 from ..transfer.grl import DomainClassifier, dann_lambda
 from .registry import PreparedData, Stage, register
-from .settings import DANNSettings
 
 DOMAIN_FILE = "domain_classifier.safetensors"
 
@@ -40,8 +42,6 @@ class DANN(Stage):
     Config = DANNSettings
 
     def load_data(self, recipe, base_dir, say):
-        from ..pipeline import default_load_data
-
         self.base_dir = base_dir  # target_eval is found beside the recipe, like the data files
         return default_load_data(recipe, self, base_dir, say)
 
@@ -51,8 +51,6 @@ class DANN(Stage):
         return "seq_cls"
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
-        from ..data.paths import resolve_data_path
-
         cfg = self.config
         if not self.unlabeled:
             raise RecipeError("stage dann: needs unlabelled target-domain text: data.unlabeled: <file with text rows>")

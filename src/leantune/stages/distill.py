@@ -14,22 +14,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 
 from ..data.collate import pad_batch
+from ..data.loading import default_load_data
 from ..data.templates import resolve_template
 from ..data.tokenize import tokenize_chat, tokenize_classification
 from ..errors import DataValidationError, Problem, RecipeError
 from ..evaluation.classification import classification_metrics, predict
 from ..evaluation.lm import lm_loss_and_perplexity
-from ..models.loading import is_run_dir, load_model, load_tokenizer, resolve_model_path
+from ..models.loading import is_run_dir, load_config, load_model, load_tokenizer, resolve_model_path
+from ..recipe.stage_settings import DistillSettings
 from ..training.losses import causal_lm_token_losses, label_count
 from ..training.modes import evaluating
-from ..transfer.distillation import (cache_key, kd_classification_loss, load_classification_cache, load_lm_cache,
-                                     save_classification_cache, save_lm_cache, topk_token_kl)
+from ..transfer.distillation import (
+    cache_key,
+    kd_classification_loss,
+    load_classification_cache,
+    load_lm_cache,
+    save_classification_cache,
+    save_lm_cache,
+    topk_token_kl,
+)
 from ..transfer.features import response_logits
 from .registry import PreparedData, Stage, register
-from .settings import DistillSettings
 
 
 @register
@@ -42,8 +51,6 @@ class Distill(Stage):
 
     def load_data(self, recipe, base_dir, say):
         """The default loading; the data's kind (classification or chat) picks the head."""
-        from ..pipeline import default_load_data
-
         train, evals = default_load_data(recipe, self, base_dir, say)
         self.lm = bool(train) and "messages" in train[0]
         return train, evals
@@ -134,8 +141,6 @@ class Distill(Stage):
                     raise RecipeError(f"stage distill: teacher run {path} was trained on labels {run_labels}, "
                                       f"the student's are {labels}; set stage.labels to the teacher's order")
             else:
-                from ..models.loading import load_config
-
                 conf = load_config(path)
                 names = [conf.id2label[i] for i in range(conf.num_labels)] if conf.id2label else []
                 if conf.num_labels != len(labels):

@@ -9,10 +9,10 @@ from ..alignment.preference import collate_pairs, render_prompt, render_reply, r
 from ..alignment.trl_support import run_trainer, split_peft, trained_model, trl_args
 from ..data.templates import resolve_template
 from ..errors import RecipeError
+from ..recipe.stage_settings import DPOSettings
 from ..training.modes import evaluating
 from ..training.runtime import build_runtime
 from .registry import PreparedData, Stage, register
-from .settings import DPOSettings
 
 
 @register
@@ -48,9 +48,8 @@ class DPO(Stage):
         return preference_logp_metrics(model, features, batch_size, self.pad_id, self.config.beta)
 
     def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say, runtime=None):
-        from datasets import Dataset
-        from trl import DPOConfig, DPOTrainer
-
+        from datasets import Dataset  # lazy: TRL stages only; datasets and trl take seconds to import
+        from trl import DPOConfig, DPOTrainer  # lazy: TRL takes seconds to import; only this stage needs it
         c = self.config
         runtime = runtime or build_runtime(recipe.train)
         self.precision = runtime.precision

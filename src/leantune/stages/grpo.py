@@ -12,10 +12,10 @@ from ..alignment.rewards import resolve_reward
 from ..alignment.trl_support import run_trainer, split_peft, trained_model, trl_args
 from ..data.templates import resolve_template
 from ..errors import RecipeError
+from ..recipe.stage_settings import GRPOSettings, RLOOSettings
 from ..training.runtime import build_runtime
 from .ppo import PPOStage
 from .registry import PreparedData, Stage, register
-from .settings import GRPOSettings, RLOOSettings
 
 
 class _GroupRL(Stage):
@@ -64,8 +64,7 @@ class _GroupRL(Stage):
                     num_iterations=c.num_iterations)
 
     def run(self, model, *, recipe, run_dir, data, method, tokenizer, progress, resume, say, runtime=None):
-        from datasets import Dataset
-
+        from datasets import Dataset  # lazy: TRL stages only; datasets and trl take seconds to import
         config_cls, trainer_cls = self.trainer_classes()
         runtime = runtime or build_runtime(recipe.train)
         self.precision = runtime.precision
@@ -94,8 +93,7 @@ class GRPO(_GroupRL):
     Config = GRPOSettings
 
     def trainer_classes(self):
-        from trl import GRPOConfig, GRPOTrainer
-
+        from trl import GRPOConfig, GRPOTrainer  # lazy: TRL takes seconds to import; only this stage needs it
         return GRPOConfig, GRPOTrainer
 
     def config_kwargs(self) -> dict:
@@ -111,8 +109,7 @@ class RLOO(_GroupRL):
     Config = RLOOSettings
 
     def trainer_classes(self):
-        from trl import RLOOConfig, RLOOTrainer
-
+        from trl import RLOOConfig, RLOOTrainer  # lazy: TRL takes seconds to import; only this stage needs it
         return RLOOConfig, RLOOTrainer
 
     def config_kwargs(self) -> dict:

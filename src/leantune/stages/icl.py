@@ -15,20 +15,20 @@ import random
 import re
 import string
 from collections import Counter
+
 import torch
 
 from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
 from ..prompting.calibration import calibrate, content_free_probs
-from ..prompting.demonstrations import (cosine, example_text, get_embedder, order, render_demonstrations,
-                                        select)
+from ..prompting.demonstrations import cosine, example_text, get_embedder, order, render_demonstrations, select
 from ..prompting.label_scoring import collate_prompts, prefix_cache, score_labels, shared_prefix_length
-from ..prompting.template import Template, truncate_text
 from ..prompting.verbalizer import PRESETS, Verbalizer, label_description
+from ..recipe.stage_settings import ICLSettings
+from ..recipe.template import Template, truncate_text
 from ..training.modes import evaluating
 from .pet import check_labels, prompt_head
 from .registry import PreparedData, Stage, register
-from .settings import ICLSettings
 
 DEFAULT_TEMPLATES = {"classification": "{text}\nAnswer: {mask}", "generation": "Question: {text}\nAnswer: {mask}"}
 MIN_CACHED_PREFIX = 16  # shorter shared prompt prefixes are not worth a cache

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from ..alignment.ppo import truncate_metrics, write_metrics
 from ..data.collate import pad_batch
 from ..errors import RecipeError
+from ..recipe.stage_settings import MetaSettings
 from ..semisup.contrastive import encode
-from ..semisup.episodes import sample_episode
+from ..semisup.episodes import Episode, sample_episode
 from ..semisup.protonet import proto_loss
 from ..semisup.reptile import adapt, load_trainable, meta_gradient, trainable_state
 from ..training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -47,10 +47,10 @@ from ..training.device import autocast_context, resolve_precision
 from ..training.engine import TrainResult, seed_everything
 from ..training.guard import check_finite
 from ..training.interrupt import stop_on_signals
+from ..training.metrics_log import append_metrics, truncate_metrics
 from ..training.optim import build_optimizer, build_scheduler, param_groups
 from ..training.progress import TrainProgress
 from .registry import PreparedData, Stage, register
-from .settings import MetaSettings
 
 
 @register
@@ -172,19 +172,17 @@ class Meta(Stage):
         labels, n_way = [f["class"] for f in data.train], self._n_way(self.train_classes)
         sampler = random.Random(self.seed)
         metrics, ckpt_root = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "checkpoints"
-        start, history = 0, []
+        start = 0
         if resume and (ckpts := list_checkpoints(ckpt_root)):
             state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
             start, (version, inner, gauss) = state["step"], state["sampler"]
             sampler.setstate((version, tuple(inner), gauss))
             if state["scaler"]:
                 scaler.load_state_dict(state["scaler"])
-            history = truncate_metrics(metrics, start)
             say(f"resuming meta-training from {ckpts[-1]}")
-        else:
-            if resume:
-                say("[yellow]no meta-training checkpoint to resume from; starting over")
-            metrics.unlink(missing_ok=True)
+        elif resume:
+            say("[yellow]no meta-training checkpoint to resume from; starting over")
+        history = truncate_metrics(metrics, start)  # start 0: none, the file removed
 
         def loss_fn(ep):
             with autocast:
@@ -217,7 +215,7 @@ class Meta(Stage):
                                                        tc.max_grad_norm)
                     scaler.step(optimizer)
                     scaler.update()
-                method.after_backward(model, step)
+                method.after_optimizer_step(model, step)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 elapsed = time.perf_counter() - t0
@@ -226,7 +224,7 @@ class Meta(Stage):
                     rec = {"step": step, "loss": loss_value, "lr": step_lr, "episodes": step * tc.grad_accum,
                            "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
                     history.append(rec)
-                    write_metrics(metrics, rec)
+                    append_metrics(metrics, rec)
                 if (tc.save_steps and step % tc.save_steps == 0) or stop:
                     save_checkpoint(ckpt_root, step, model, optimizer, scheduler,
                                     {"loss": loss_value, "sampler": sampler.getstate(),
@@ -241,8 +239,6 @@ class Meta(Stage):
 def _split_support(ep):
     """For adaptation at evaluation: an episode made of the support set only, half of each class's
     support as the inner queries (all of it when K = 1)."""
-    from ..semisup.episodes import Episode
-
     sup, sup_l, q, q_l = [], [], [], []
     for c in range(len(ep.classes)):
         idx = [i for i, lab in zip(ep.support, ep.support_labels) if lab == c]

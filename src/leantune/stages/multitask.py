@@ -27,12 +27,12 @@ from ..data.tokenize import tokenize_chat, tokenize_classification
 from ..errors import RecipeError
 from ..evaluation.classification import classification_metrics
 from ..models.loading import load_config, resolve_model_path
+from ..recipe.stage_settings import MultiTaskSettings
 from ..training.modes import evaluating
 from ..transfer.features import pooled_features, response_logits
 from ..transfer.task_sampling import sample_mixture, task_probabilities
 from ..transfer.tasks import load_tasks, task_names
 from .registry import PreparedData, Stage, register
-from .settings import MultiTaskSettings
 
 HEADS_FILE = "task_heads.safetensors"
 

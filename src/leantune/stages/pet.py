@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from ..errors import DataValidationError, Problem, RecipeError
 from ..evaluation.classification import classification_metrics
+from ..prompting.autoprompt import search_triggers
 from ..prompting.calibration import calibrate, content_free_probs
 from ..prompting.ensemble import combine
 from ..prompting.label_scoring import SoftPrompt, collate_prompts, input_embeddings, score_labels
-from ..prompting.template import Template
 from ..prompting.verbalizer import Verbalizer, search_label_words
+from ..recipe.stage_settings import PETSettings
+from ..recipe.template import Template
 from ..training.modes import evaluating
 from .pt import ENCODERS
 from .registry import PreparedData, Stage, register
-from .settings import PETSettings
 
 SOFT_MODULE = "leantune_soft_prompt"
 
@@ -120,8 +123,6 @@ class PET(Stage):
             self.verbalizer = Verbalizer(self.labels, words, cfg.scoring)
         for template in self.templates:
             if template.n_trigger and cfg.autoprompt_iterations:
-                from ..prompting.autoprompt import search_triggers
-
                 _, self.autoprompt_history = search_triggers(
                     model, self.tokenizer, template, self.verbalizer, self.train_examples, causal=self.causal,
                     iterations=cfg.autoprompt_iterations, candidates=cfg.autoprompt_candidates,
@@ -151,8 +152,6 @@ class PET(Stage):
         for template, ids in zip(self.templates, info["trigger_ids"]):
             template.trigger_ids = ids
         if self.n_soft:
-            from safetensors.torch import load_file
-
             weight = load_file(str(folder / "soft_prompt.safetensors"))["weight"]
             device = input_embeddings(model).weight.device
             self.soft = SoftPrompt(self.n_soft, weight).to(device)
@@ -232,8 +231,6 @@ class PET(Stage):
                 "soft_offsets": self.soft_offsets, "ensemble": self.config.ensemble}
         (Path(folder) / "prompting.json").write_text(json.dumps(info, indent=2))
         if self.soft is not None:
-            from safetensors.torch import save_file
-
             save_file({"weight": self.soft.weight.detach().cpu().contiguous()}, str(Path(folder) / "soft_prompt.safetensors"))
         if self.unlabeled:
             write_soft_labels(self, model, self.unlabeled, Path(folder).parent / "soft_labels.jsonl")

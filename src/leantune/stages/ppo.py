@@ -8,22 +8,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..alignment.ppo import (PPO, GenerationSettings, PPOSettings, ValueHead, generate, hidden_size,
-                             n_iterations, n_updates, now, prompt_batches, response_kl, response_mask,
-                             truncate_metrics, write_metrics)
+from ..alignment.policy import GenerationSettings, generate, response_kl, response_mask
+from ..alignment.ppo import PPO, PPOSettings, ValueHead, hidden_size, n_iterations, n_updates, now, prompt_batches
 from ..alignment.preference import prompt_messages, render_prompt
 from ..alignment.rewards import resolve_reward
 from ..data.templates import resolve_template
 from ..errors import RecipeError
-from ..methods.registry import wraps_model
+from ..methods.base import wraps_model
+from ..recipe.stage_settings import PPOStageSettings
 from ..training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from ..training.device import autocast_context, resolve_precision
 from ..training.engine import TrainResult, seed_everything
 from ..training.interrupt import stop_on_signals
-from ..training.progress import TrainProgress
+from ..training.metrics_log import append_metrics, truncate_metrics
 from ..training.optim import build_optimizer, build_scheduler, param_groups
+from ..training.progress import TrainProgress
 from .registry import PreparedData, Stage, register
-from .settings import PPOStageSettings
 
 
 @register
@@ -126,20 +126,18 @@ class PPOStage(Stage):
         ppo = PPO(model, self.value_head, tokenizer, self.reward_fn, optimizer, scheduler, settings,
                   self.generation(), autocast, scaler, ckpt_root)
         batches = prompt_batches(len(data.train), cfg.batch_size, cfg.seed)
-        start, history = 0, []
+        start = 0
         if resume and (ckpts := list_checkpoints(ckpt_root)):
             state = load_checkpoint(ckpts[-1], trainable, optimizer, scheduler)
             start = state["step"]
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            history = truncate_metrics(metrics, start)
             for _ in range(start):  # the prompt batches already used
                 next(batches)
             say(f"resuming PPO from {ckpts[-1]}")
-        else:
-            if resume:
-                say("[yellow]no PPO checkpoint to resume from; starting over")
-            metrics.unlink(missing_ok=True)
+        elif resume:
+            say("[yellow]no PPO checkpoint to resume from; starting over")
+        history = truncate_metrics(metrics, start)  # start 0: none, the file removed
         bar = TrainProgress(iterations, start, enabled=progress, label="ppo")
         t0, tokens, record, step = now(), 0, {}, start
         model.train()
@@ -155,7 +153,7 @@ class PPOStage(Stage):
                 bar.update(step, record["loss"], tokens / max(elapsed, 1e-9))
                 if step % cfg.logging_steps == 0 or step == iterations or step == 1:
                     history.append(record)
-                    write_metrics(metrics, record)
+                    append_metrics(metrics, record)
                 if (cfg.save_steps and step % cfg.save_steps == 0) or stop:
                     save_checkpoint(ckpt_root, step, trainable, optimizer, scheduler,
                                     {"loss": record["loss"], "scaler": scaler.state_dict()}, cfg.save_total_limit)

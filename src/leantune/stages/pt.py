@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..data.collate import mask_tokens, pad_batch
-from ..data.tokenize import IGNORE, tokenize_for_mlm, tokenize_text_blocks
-from ..evaluation.lm import lm_loss_and_perplexity
-from ..training.losses import causal_lm_loss, causal_lm_token_losses, label_count, model_loss
+from ..data.tokenize import tokenize_for_mlm, tokenize_text_blocks
+from ..evaluation.lm import lm_metrics
+from ..recipe.stage_settings import PretrainSettings
+from ..training.losses import causal_lm_loss, label_count, model_loss
 from .registry import PreparedData, Stage, register
-from .settings import PretrainSettings
 
 ENCODERS = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert"}
 
@@ -52,10 +52,5 @@ class Pretrain(Stage):
         return label_count(batch, shifted=not self.mlm)
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
-        if self.mlm:  # fixed masking so that evaluations are comparable
-            def token_loss(m, b):
-                n = int((b["labels"] != IGNORE).sum())
-                return model_loss(m, b) * n, n
-        else:
-            token_loss = causal_lm_token_losses
-        return lm_loss_and_perplexity(model, features, batch_size, self.collate, token_loss)
+        # masked LM: collate (no generator) masks with a fixed seed, so that evaluations are comparable
+        return lm_metrics(model, features, batch_size, self.collate, shifted=not self.mlm)

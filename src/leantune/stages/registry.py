@@ -5,16 +5,20 @@ and its evaluation metrics; the shared engine runs the loop.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..methods.settings import lookup
-from .settings import STAGE_SETTINGS, StageConfig, parse_stage
-from .settings import validate_stage_settings  # noqa: F401  (re-exported: torch-free in .settings)
+from ..recipe.stage_settings import (
+    STAGE_SETTINGS,
+    StageConfig,
+    parse_stage,
+    validate_stage_settings,  # noqa: F401  (re-exported: torch-free in .settings)
+)
+from ..registry import Registry
 
 
 @dataclass
@@ -90,28 +94,24 @@ class Stage:
     def save_extra(self, model: nn.Module, folder: Path) -> None:
         """Save what the stage trained beside the method's weights (e.g. PPO's value head)."""
 
+    def load_extra(self, model: nn.Module, folder: Path) -> None:
+        """Restore what :meth:`save_extra` wrote that evaluation needs (PET: label words, soft prompt)."""
 
-STAGES: dict[str, type[Stage]] = {}
+    def restore(self, head: str, labels: list[str] | None) -> None:
+        """Set up to evaluate a finished run: the head it trained and, for stages with a
+        ``labels`` setting, the label order it was trained with."""
+        self.head_name = head
+        if labels and "labels" in type(self.config).model_fields:
+            self.config.labels = labels
 
 
-def register(cls: type[Stage]) -> type[Stage]:
-    STAGES[cls.name] = cls
-    return cls
-
-
-def _load_builtin_stages() -> None:
-    """Import every module of this package once: each registers its classes."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__ := [str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{info.name}")
+REGISTRY: Registry[Stage] = Registry("stage", __package__, STAGE_SETTINGS)
+STAGES: dict[str, type[Stage]] = REGISTRY.classes
+register = REGISTRY.register
 
 
 def get_stage_class(name: str) -> type[Stage]:
-    lookup(STAGE_SETTINGS, name, "stage")  # an unknown name: an error naming the closest one
-    _load_builtin_stages()
-    return STAGES[name]
+    return REGISTRY.get(name)  # an unknown name: an error naming the closest one
 
 
 def build_stage(spec: dict[str, Any], source: str = "recipe") -> Stage:
@@ -120,5 +120,4 @@ def build_stage(spec: dict[str, Any], source: str = "recipe") -> Stage:
 
 
 def list_stages() -> list[type[Stage]]:
-    _load_builtin_stages()
-    return [STAGES[k] for k in sorted(STAGES)]
+    return REGISTRY.all()

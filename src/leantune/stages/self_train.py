@@ -8,27 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RecipeError
-from ..semisup import rounds as R
+from ..recipe.stage_settings import RoundSettings
 from ..semisup.pseudo_label import pseudo_label_precision, select
-from ..semisup.reptile import trainable_state
+from ..training.checkpoint import trainable_state
+from . import rounds as R
 from .registry import PreparedData, Stage, register
-from .settings import RoundSettings
-
-
-def pool_gold(recipe, pool: list[dict], labels: list[str]) -> list[int | None]:
-    """True label ids of the pool rows where they can be found (else None): for ``unlabeled:
-    keep`` from the training file by line, for a pool file from its ``label`` column."""
-    from ..data.readers import read_rows
-    from ..data.paths import resolve_data_path
-
-    spec = recipe.data.train if recipe.data.unlabeled == "keep" else recipe.data.unlabeled
-    try:
-        by_line = {line: row.get("label") for line, row in read_rows(resolve_data_path(spec))}
-    except Exception:  # noqa: BLE001 - unreadable here (e.g. a recipe-relative path): unknown
-        return [None] * len(pool)
-    index = {lab: i for i, lab in enumerate(labels)}
-    return [index.get(str(by_line.get(ex.get("line")))) for ex in pool]
 
 
 @register
@@ -38,13 +22,9 @@ class SelfTrain(R.RoundClassifier, Stage):
     Config = RoundSettings
 
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
-        if not self.unlabeled:
-            raise RecipeError(f"stage {self.name}: needs an unlabelled pool (data.unlabeled: keep, or a file)")
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.labels = R.label_index(recipe, train_examples, eval_examples, self.config.labels)
+        self.start_pool(recipe, tokenizer, train_examples, eval_examples)
         ml = recipe.train.max_length
         self.pool = R.featurize(self.unlabeled, tokenizer, ml, self.labels)
-        self.gold = pool_gold(recipe, self.unlabeled, self.labels)
         train = R.featurize(train_examples, tokenizer, ml, self.labels)
         evals = R.featurize(eval_examples, tokenizer, ml, self.labels)
         return self.prepared(train, evals, self.labels, len(self.pool))

@@ -8,8 +8,8 @@ from torch import nn
 from ..data.collate import pad_batch
 from ..data.templates import render, resolve_template
 from ..data.tokenize import IGNORE, TokenizeStats, tokenize_chat
-from ..evaluation.lm import lm_loss_and_perplexity
-from ..training.losses import causal_lm_loss, causal_lm_token_losses, label_count, model_loss
+from ..evaluation.lm import lm_metrics
+from ..training.losses import causal_lm_loss, label_count, model_loss
 from .registry import PreparedData, Stage, register
 
 
@@ -52,13 +52,7 @@ class SFT(Stage):
         return label_count(batch, shifted=not self.seq2seq)
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
-        if self.seq2seq:
-            def token_loss(m, b):
-                n = int((b["labels"] != IGNORE).sum())
-                return model_loss(m, b) * n, n
-        else:
-            token_loss = causal_lm_token_losses
-        return lm_loss_and_perplexity(model, features, batch_size, self.collate, token_loss)
+        return lm_metrics(model, features, batch_size, self.collate, shifted=not self.seq2seq)
 
 
 def tokenize_seq2seq(examples, tokenizer, max_length) -> tuple[list[dict], TokenizeStats]:

@@ -107,3 +107,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, rank: in
     state = json.loads((path / "state.json").read_text())
     set_rng_state(state["rng_ranks"][rank] if "rng_ranks" in state else state["rng"])
     return state
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the trainable parameters in memory (to return to: Reptile, reset between rounds)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a :func:`trainable_state` back into the model."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])

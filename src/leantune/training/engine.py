@@ -28,10 +28,19 @@ from torch import nn
 
 from ..errors import LeantuneError, RecipeError, RunStateError
 from ..recipe import TrainSection
-from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_checkpoint, rng_state,
-                         save_checkpoint, write_trainable)
+from .adversarial import Adversary
+from .checkpoint import (
+    begin_checkpoint,
+    finish_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    write_trainable,
+)
 from .guard import TrainingDiverged, check_finite
 from .interrupt import stop_on_signals
+from .metrics_log import append_metrics, truncate_metrics
 from .optim import build_optimizer, build_scheduler, param_groups
 from .progress import TrainProgress
 from .runtime import Runtime, build_runtime
@@ -130,14 +139,14 @@ class TrainStep(nn.Module):
 class Engine:
     def __init__(self, model: nn.Module, features: list[dict], cfg: TrainSection, run_dir: Path,
                  collate: Collate, loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None = None,
-                 after_backward: Callable[[nn.Module, int], None] | None = None,
+                 after_optimizer_step: Callable[[nn.Module, int], None] | None = None,
                  progress: bool = True,
                  param_groups: Callable[[nn.Module, float, float], list[dict] | None] | None = None,
                  loss_weight: Callable[[dict], int] | None = None, runtime: Runtime | None = None):
         if not features:
             raise LeantuneError("no training examples left after tokenization")
         self.model, self.features, self.cfg, self.run_dir = model, features, cfg, Path(run_dir)
-        self.collate, self.loss_fn, self.evaluate, self.after_backward = collate, loss_fn, evaluate, after_backward
+        self.collate, self.loss_fn, self.evaluate, self.after_optimizer_step = collate, loss_fn, evaluate, after_optimizer_step
         self.runtime = runtime or build_runtime(cfg)
         self.progress = progress and self.runtime.is_main
         self.param_groups_fn = param_groups  # a method's own optimizer groups (e.g. layer-wise lr decay)
@@ -151,13 +160,11 @@ class Engine:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._plans: dict[int, list[list[int]]] = {}
-        self.adversary = None  # train.adversarial: FGM/PGD on the input embeddings (semisup/adversarial.py)
+        self.adversary = None  # train.adversarial: FGM/PGD on the input embeddings (training/adversarial.py)
         if getattr(cfg, "adversarial", None) is not None:
             if self.runtime.distributed:
                 raise RecipeError("train.adversarial: adversarial training runs in one process; drop it or "
                                   "train without --nproc")
-            from ..semisup.adversarial import Adversary
-
             self.adversary = Adversary(cfg.adversarial)
 
     # ------------------------------------------------------------------ data
@@ -185,25 +192,7 @@ class Engine:
     # ------------------------------------------------------------------ metrics
     def _log(self, record: dict) -> None:
         if self.runtime.is_main:
-            with open(self.metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def _truncate_metrics(self, step: int) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(record)
-        if self.runtime.is_main:
-            tmp = self.metrics_path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            tmp.replace(self.metrics_path)
-        return kept
+            append_metrics(self.metrics_path, record)
 
     # ------------------------------------------------------------------ state
     def _save(self, step: int, optimizer, scheduler, loss_value: float) -> None:
@@ -271,9 +260,7 @@ class Engine:
         if ckpt is not None and rt.sharded:
             accelerator.load_state(str(ckpt / "accelerate"))
         start = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
-        history = self._truncate_metrics(start) if start else []
-        if not start and self.metrics_path.exists() and rt.is_main:
-            self.metrics_path.unlink()
+        history = truncate_metrics(self.metrics_path, start, rewrite=rt.is_main)  # start 0: file removed
         # DeepSpeed divides each backward by its accumulation steps itself
         accum_scale = cfg.grad_accum if rt.strategy == "deepspeed" else 1
         step_module.train()
@@ -310,8 +297,8 @@ class Engine:
                     accelerator.clip_grad_norm_([p for p in step_module.parameters() if p.requires_grad],
                                                 cfg.max_grad_norm)
                 prepared_optimizer.step()
-                if self.after_backward:
-                    self.after_backward(model, step)
+                if self.after_optimizer_step:
+                    self.after_optimizer_step(model, step)
                 if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips the step
                     scheduler.step()
                 prepared_optimizer.zero_grad(set_to_none=True)

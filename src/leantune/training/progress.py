@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 LINE_EVERY_S = 30.0
 LINE_EVERY_FRACTION = 0.05
 
@@ -19,8 +21,6 @@ class TrainProgress:
         self._last_line_step, self._last_line_t = start, time.monotonic()
         self._line_every = max(1, round(total * LINE_EVERY_FRACTION))
         if self.mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self.progress = Progress(
                 TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),

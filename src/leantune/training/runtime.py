@@ -17,6 +17,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import (
+    DeepSpeedPlugin,
+    DistributedDataParallelKwargs,
+    FullyShardedDataParallelPlugin,
+    InitProcessGroupKwargs,
+)
+from torch.distributed.fsdp import FSDPModule
 
 from ..errors import RecipeError
 from .device import resolve_device, resolve_precision
@@ -52,13 +61,10 @@ class Runtime:
         """Every parameter whole on every process for the block (ZeRO-3 and FSDP split them; a
         PEFT adapter saved from split parameters is empty). Nothing to do for the others."""
         if self.strategy == "deepspeed" and _zero_stage(self.accelerator) == 3:
-            import deepspeed
-
+            import deepspeed  # lazy: optional, only ZeRO-3 runs need it
             with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
                 yield
         elif self.strategy == "fsdp":
-            from torch.distributed.fsdp import FSDPModule
-
             sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
             for m in sharded:
                 m.unshard()
@@ -182,14 +188,10 @@ def _plugins(cfg, strategy: str, processes: int) -> dict:
         return {}
     offload = dist.offload if dist is not None else "none"
     if strategy == "fsdp":
-        from accelerate.utils import FullyShardedDataParallelPlugin
-
         return {"fsdp_plugin": FullyShardedDataParallelPlugin(
             fsdp_version=2, reshard_after_forward=True, cpu_offload=offload != "none",
             auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT")}
     if strategy == "deepspeed":
-        from accelerate.utils import DeepSpeedPlugin
-
         if cfg.deepspeed:
             plugin = DeepSpeedPlugin(hf_ds_config=str(cfg.deepspeed), gradient_accumulation_steps=cfg.grad_accum)
         else:
@@ -217,10 +219,6 @@ def _fill_auto(config: dict, values: dict) -> None:
 
 def build_runtime(cfg) -> Runtime:
     """The run's accelerator from the recipe's ``train`` section (see the module docstring)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
-
     processes = world_size()
     if processes > 1 and cfg.device.startswith("cuda:"):
         raise RecipeError(f"train.device: {cfg.device} puts every one of the {processes} processes on one GPU; "

@@ -8,14 +8,13 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import LeantuneError
+from ..export.run_loading import load_run
 
 TASK_ADAPTERS = "task_adapters.json"
 
 
 def load_task_adapters(run_dir: str | Path):
     """(the PEFT model with all task adapters loaded, {task name: adapter name}, the LoadedRun)."""
-    from ..export.run_loading import load_run
-
     run = load_run(run_dir)
     folder = Path(run_dir) / "adapter"
     index = folder / TASK_ADAPTERS

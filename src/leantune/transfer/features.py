@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.paths import resolve_data_path
 from ..data.tokenize import IGNORE
 from ..training.losses import fast_path, unwrap
 
@@ -74,6 +75,4 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def resolve(path: str, base_dir: Path | None) -> Path:
-    from ..data.paths import resolve_data_path
-
     return resolve_data_path(path, base_dir)

@@ -5,8 +5,9 @@ import random
 from pathlib import Path
 
 from ..data.formats import FORMATS, load_examples
+from ..data.paths import resolve_data_path
 from ..errors import LeantuneError, RecipeError
-from ..stages.settings import TaskSpec
+from ..recipe.stage_settings import TaskSpec
 
 
 def task_names(tasks: list[TaskSpec]) -> list[str]:
@@ -19,8 +20,6 @@ def task_names(tasks: list[TaskSpec]) -> list[str]:
 def load_tasks(tasks: list[TaskSpec], kinds: tuple[str, ...], stage: str, recipe, base_dir: Path | None,
                say) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
     """(train examples per task, eval examples per task, the data kind of each task)."""
-    from ..data.paths import resolve_data_path
-
     if not tasks:
         raise RecipeError(f"stage {stage}: give at least one task under stage.tasks")
     if recipe.data.train:

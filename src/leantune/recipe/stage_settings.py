@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..methods.settings import entry_place, lookup, split_name, validated
-from ..prompting.template import Template
+from ..registry import lookup
+from .method_settings import entry_place, split_name, validated
+from .template import Template
 
 
 class StageConfig(BaseModel):

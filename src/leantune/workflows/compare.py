@@ -10,6 +10,7 @@ memory is its own; in-process runs report the process's peak so far.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from typing import Callable
 
 from ..atomic import atomic_write_text, check_output
 from ..errors import LeantuneError, OutputExists
+from ..pipeline import train
+from ..recipe import load_recipe
+from ..report.compare_charts import plot_compare
+from ..training.checkpoint import list_checkpoints
 
 METRIC_ORDER = ("accuracy", "macro_f1", "f1", "reward_accuracy", "loss", "perplexity")
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -63,8 +68,6 @@ def pick_metric(rows: list[dict]) -> str | None:
 
 
 def run_variant(v: Variant, base_dir: Path | None, isolate: bool, say: Callable[[str], None]) -> dict:
-    from ..training.checkpoint import list_checkpoints
-
     run_dir = Path(v.raw["output"]["dir"]) / v.name
     if (run_dir / "summary.json").is_file():
         say(f"{v.name}: finished earlier, skipped")
@@ -74,15 +77,13 @@ def run_variant(v: Variant, base_dir: Path | None, isolate: bool, say: Callable[
     try:
         if isolate:
             job = {"raw": v.raw, "resume": resume, "base_dir": str(base_dir) if base_dir else None}
-            proc = subprocess.run([sys.executable, "-m", "leantune.guide.compare", json.dumps(job)],
-                                  capture_output=True, text=True)
+            env = {"HF_HUB_OFFLINE": "1", **os.environ}  # the worker reads only local models
+            proc = subprocess.run([sys.executable, "-m", "leantune.workflows.compare", json.dumps(job)],
+                                  capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"])
             summary = json.loads((run_dir / "summary.json").read_text())
         else:
-            from ..pipeline import train
-            from ..recipe import load_recipe
-
             summary = train(load_recipe(raw=v.raw), resume=resume, base_dir=base_dir, progress=False).as_dict()
     except Exception as exc:  # one failing method must not end the comparison
         msg = exc.args[0] if exc.args else str(exc)
@@ -130,8 +131,6 @@ def compare(raw: dict, *, methods: list[str] | None = None, stages: list[str] | 
     atomic_write_text(out_dir / "compare.json", json.dumps(
         {"metric": metric, "lower_is_better": metric in LOWER_IS_BETTER, "rows": result.rows}, indent=2))
     atomic_write_text(out_dir / "compare.md", markdown(result))
-    from ..report.compare_charts import plot_compare
-
     result.charts = plot_compare(result.rows, metric, out_dir)
     if result.charts:  # re-write with the charts linked
         atomic_write_text(out_dir / "compare.md", markdown(result))
@@ -157,14 +156,8 @@ def markdown(result: CompareResult) -> str:
 
 
 def _worker(job_json: str) -> int:
-    """``python -m leantune.guide.compare JOB``: one variant in a fresh process."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """``python -m leantune.workflows.compare JOB``: one variant in a fresh process."""
     job = json.loads(job_json)
-    from ..pipeline import train
-    from ..recipe import load_recipe
-
     train(load_recipe(raw=job["raw"]), resume=job["resume"],
           base_dir=Path(job["base_dir"]) if job["base_dir"] else None, progress=False)
     return 0

@@ -28,12 +28,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+import torch
 import yaml
+from rich.markup import escape
+from rich.table import Table
 
-from .atomic import atomic_write_text
-from .errors import RecipeError
-from .evaluation.command_match import EQUIVALENT, EXACT, PROGRAM, accuracy, extract_command, match_command
-from .recipe import Recipe, load_recipe, parse_override
+from ..atomic import atomic_write_text
+from ..data.loading import load_data
+from ..errors import RecipeError
+from ..evaluation.command_match import EQUIVALENT, EXACT, PROGRAM, accuracy, extract_command, match_command
+from ..evaluation.generate import generate_batched
+from ..export.run_loading import load_run
+from ..methods.registry import build_method
+from ..models.loading import load_model, load_tokenizer, resolve_model_path
+from ..pipeline import train
+from ..recipe import Recipe, load_recipe, parse_override
+from ..stages.registry import build_stage
 
 DEMO_RECIPE = Path(str(resources.files("leantune") / "resources" / "demo" / "demo.yaml"))
 COMMAND_ACCURACY_FILE = "command_accuracy.json"  # written into the run directory
@@ -109,8 +119,6 @@ def choose_threads() -> tuple[int, str]:
     at least 1, at most torch's default. On a busy machine OpenMP threads that wait for each
     other run several times slower than one thread (2 shared cores, load 4.5: the 40 answers
     took 270 s with 2 threads, 61 s with 1; training ran at 20-30 instead of ~70 tokens/s)."""
-    import torch
-
     default = torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS"):
         return default, "OMP_NUM_THREADS"
@@ -134,8 +142,6 @@ def machine_description() -> str:
     except OSError:
         pass
     text = f"{cores} CPU core{'s' if cores != 1 else ''} ({cpu})"
-    import torch
-
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
@@ -157,8 +163,6 @@ def held_out_questions(eval_examples: list[dict], settings: DemoSettings) -> lis
 def score_commands(model, tokenizer, pairs: list[tuple[str, str]], template: str,
                    settings: DemoSettings) -> CommandScore:
     """Greedy batched answers to the questions, each scored against its reference command."""
-    from .evaluation.generate import generate_batched
-
     t0 = time.perf_counter()
     answers = generate_batched(model, tokenizer, [q for q, _ in pairs], template, settings.max_new_tokens,
                                settings.batch_size)
@@ -171,8 +175,6 @@ def score_commands(model, tokenizer, pairs: list[tuple[str, str]], template: str
 
 def run_demo(overrides: list[str] = (), say: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
     """Steps 1-4 of the module docstring; torch runs with :func:`choose_threads` threads."""
-    import torch
-
     recipe, settings = load_demo_recipe(list(overrides))
     machine = machine_description()
     threads, why = choose_threads()
@@ -188,12 +190,6 @@ def run_demo(overrides: list[str] = (), say: Callable[[str], None] = print, prog
 
 def _run(recipe: Recipe, settings: DemoSettings, machine: str, say: Callable[[str], None],
          progress: bool) -> DemoResult:
-    from .export.run_loading import load_run
-    from .methods.registry import build_method
-    from .models.loading import load_model, load_tokenizer, resolve_model_path
-    from .pipeline import load_data, train
-    from .stages.registry import build_stage
-
     t_start = time.perf_counter()
     say(f"[1/4] loading the base model ({recipe.model.name}) and the held-out questions …")
     train_examples, eval_examples = load_data(recipe, build_stage(recipe.stage), None, say)
@@ -237,9 +233,6 @@ def _rate(score: CommandScore, level: str) -> str:
 
 def print_report(result: DemoResult, console) -> None:
     """The command-accuracy table and the shown examples (after the run summary)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     n = len(result.before.items)
     table = Table(title=f"command accuracy on {n} held-out questions", show_header=True)
     table.add_column("match")

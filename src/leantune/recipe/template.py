@@ -14,6 +14,7 @@ Placeholders: ``text`` (alias ``text_a``), ``text_pair`` (alias ``text_b``), ``m
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 
 from ..errors import RecipeError
@@ -126,7 +127,6 @@ def _placeholder(template: str, body: str, column: int) -> Segment:
         return Segment(name, count=count, column=column)
     if arg:
         raise TemplateError(template, column, f"unknown placeholder {{{body}}}: only soft and trigger take ':N'")
-    import difflib
 
     close = difflib.get_close_matches(name, list(FIELDS) + ["mask", *COUNTED], n=1, cutoff=0.6)
     hint = f" Did you mean {{{close[0]}}}?" if close else ""

@@ -35,6 +35,7 @@ Regenerate with:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -48,10 +49,8 @@ EVAL_TASKS = 24  # number of tasks (not examples) held out, demo tasks included
 TRAIN_SECOND_PHRASINGS = 106
 MAX_EXPLANATION_WORDS = 60
 
-OUT_DIR = Path(__file__).resolve().parent
-TRAIN_FILE = OUT_DIR / "shell_help_train.jsonl"
-EVAL_FILE = OUT_DIR / "shell_help_eval.jsonl"
-DEMO_FILE = OUT_DIR / "demo_prompts.json"
+OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "leantune" / "resources" / "demo"
+TRAIN_FILE, EVAL_FILE, DEMO_FILE = "shell_help_train.jsonl", "shell_help_eval.jsonl", "demo_prompts.json"
 
 # Three questions that earlier versions of `leantune demo` printed before/after training
 # (it now draws them from the eval split by seed). Their tasks are always placed in the
@@ -1344,7 +1343,11 @@ def write_jsonl(path: Path, records) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the demo's shell-help data set.")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help=f"output folder (default: {OUT_DIR})")
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
     validate(TASKS)
     train_idx, eval_idx = split(TASKS)
     rng = random.Random(SEED + 1)
@@ -1352,12 +1355,12 @@ def main() -> int:
     second = set(rng.sample(two, min(TRAIN_SECOND_PHRASINGS, len(two))))
     train = rows(TASKS, train_idx, rng, second)
     evals = rows(TASKS, eval_idx, rng)
-    write_jsonl(TRAIN_FILE, train)
-    write_jsonl(EVAL_FILE, evals)
-    DEMO_FILE.write_text(json.dumps(DEMO_QUESTIONS, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_jsonl(out / TRAIN_FILE, train)
+    write_jsonl(out / EVAL_FILE, evals)
+    (out / DEMO_FILE).write_text(json.dumps(DEMO_QUESTIONS, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"tasks: {len(TASKS)} (train {len(train_idx)}, eval {len(eval_idx)})")
-    print(f"examples: train {len(train)} -> {TRAIN_FILE.name}, eval {len(evals)} -> {EVAL_FILE.name}")
-    print(f"demo prompts: {len(DEMO_QUESTIONS)} -> {DEMO_FILE.name}")
+    print(f"examples: train {len(train)} -> {TRAIN_FILE}, eval {len(evals)} -> {EVAL_FILE}")
+    print(f"demo prompts: {len(DEMO_QUESTIONS)} -> {DEMO_FILE}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """What the round-based stages (self_train, co_train, active) share: featurising labelled and
-unlabelled text, training a sequence classifier with the shared engine, class probabilities, and
-:class:`RoundClassifier`, the stage methods common to the three."""
+unlabelled text, the pool's true labels where known, training a sequence classifier with the
+shared engine, class probabilities, and :class:`RoundClassifier`, the stage methods common to
+the three."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collate import pad_batch
-from ..errors import DataValidationError, Problem
+from ..data.paths import resolve_data_path
+from ..data.readers import read_rows
+from ..errors import DataValidationError, Problem, RecipeError
 from ..evaluation.classification import classification_metrics
-from ..stages.registry import PreparedData
+from ..training.checkpoint import load_trainable
 from ..training.engine import Engine, TrainResult
 from ..training.modes import evaluating
-from .reptile import load_trainable
+from .registry import PreparedData
 
 UNKNOWN = -1  # label id of an example whose label is not known
 
@@ -29,6 +32,18 @@ def label_index(recipe, train_examples, eval_examples, labels: list[str] | None)
     if bad:
         raise DataValidationError(bad)
     return labels
+
+
+def pool_gold(recipe, pool: list[dict], labels: list[str]) -> list[int | None]:
+    """True label ids of the pool rows where they can be found (else None): for ``unlabeled:
+    keep`` from the training file by line, for a pool file from its ``label`` column."""
+    spec = recipe.data.train if recipe.data.unlabeled == "keep" else recipe.data.unlabeled
+    try:
+        by_line = {line: row.get("label") for line, row in read_rows(resolve_data_path(spec))}
+    except Exception:  # noqa: BLE001 - unreadable here (e.g. a recipe-relative path): unknown
+        return [None] * len(pool)
+    index = {lab: i for i, lab in enumerate(labels)}
+    return [index.get(str(by_line.get(ex.get("line")))) for ex in pool]
 
 
 def featurize(examples: list[dict], tokenizer, max_length: int, labels: list[str],
@@ -134,6 +149,16 @@ class RoundClassifier:
 
     def loss(self, model, batch) -> torch.Tensor:
         return classifier_loss(model, batch)
+
+    def start_pool(self, recipe, tokenizer, train_examples, eval_examples) -> None:
+        """The start of ``prepare`` for the stages that label the unlabelled pool (self_train,
+        co_train): a pool is required; sets ``pad_id``, ``labels`` (:func:`label_index`) and
+        ``gold``, the pool's true label ids where known (:func:`pool_gold`)."""
+        if not self.unlabeled:
+            raise RecipeError(f"stage {self.name}: needs an unlabelled pool (data.unlabeled: keep, or a file)")
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.labels = label_index(recipe, train_examples, eval_examples, self.config.labels)
+        self.gold = pool_gold(recipe, self.unlabeled, self.labels)
 
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
         probs = class_probs(model, features, batch_size, self.pad_id)

@@ -2,7 +2,10 @@
 
 Every command reads this schema (or part of it). ``key=value`` overrides from
 the command line are applied before validation; unknown keys are errors that
-suggest the closest valid key.
+suggest the closest valid key. The method and stage sections are checked against
+their settings, which live beside this module (``method_settings/``,
+``stage_settings.py``, and ``template.py``, the cloze-template syntax they validate);
+all of it without torch.
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import RecipeError
-from .validation import format_validation_error
-from .yaml_source import MAX_NODES, Marks, expanded_size, read_yaml
+from ..errors import RecipeError
+from ..validation import format_validation_error
+from ..yaml_source import MAX_NODES, Marks, expanded_size, read_yaml
+from .method_settings import validate_method_settings
+from .stage_settings import validate_stage_settings
 
 
 class Section(BaseModel):
@@ -47,7 +52,7 @@ class DataSection(Section):
 
 
 class AdversarialSection(Section):
-    """``train.adversarial``: FGM/PGD perturbations of the input embeddings (semisup/adversarial.py)."""
+    """``train.adversarial``: FGM/PGD perturbations of the input embeddings (training/adversarial.py)."""
 
     kind: Literal["fgm", "pgd"] = Field("fgm", description="fgm: one step (Miyato et al. 2017); pgd: projected "
                                         "gradient ascent (Madry et al. 2018).")
@@ -238,8 +243,6 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, Recipe, source, marks)) from None
-    from .methods.settings import validate_method_settings
-    from .stages.settings import validate_stage_settings
 
     recipe.method = validate_method_settings(recipe.method, source, [
         entry_marks(marks, raw.get("method"), i) for i in range(len(recipe.method))])

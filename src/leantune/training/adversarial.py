@@ -1,4 +1,5 @@
-"""Adversarial training on input embeddings, as an option of any training stage.
+"""Adversarial training on input embeddings: a hook of the training loop, configured by
+``train.adversarial`` (``recipe.AdversarialSection``) for any stage trained by the engine.
 
 - FGM (Miyato et al. 2017, arXiv:1605.07725): one step r = ε·g/‖g‖₂ along the gradient g of
   the loss with respect to the input embeddings, normalised per example.
@@ -22,9 +23,6 @@ import torch
 from torch import nn
 
 from ..recipe import AdversarialSection
-
-
-AdversarialConfig = AdversarialSection  # ``train.adversarial`` (defined in recipe.py)
 
 
 def _step_size(cfg: AdversarialSection) -> float:
@@ -59,7 +57,7 @@ def fgm_perturbation(grad: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 
 class Adversary:
-    def __init__(self, config: AdversarialConfig):
+    def __init__(self, config: AdversarialSection):
         self.config = config
         self._captured: list[torch.Tensor] = []
 
@@ -124,9 +122,3 @@ class Adversary:
         (cfg.weight * loss * scale).backward()
         self.last_deltas = deltas
         return float(loss.detach())
-
-
-def build_adversary(spec) -> Adversary | None:
-    if spec is None:
-        return None
-    return Adversary(spec if isinstance(spec, AdversarialConfig) else AdversarialConfig.model_validate(spec))
