@@ -16,7 +16,7 @@ from leantune.data.loading import load_data
 from leantune.errors import DataValidationError, LeantuneError
 from leantune.export.merge import merge_run
 from leantune.export.run_loading import load_run
-from leantune.pipeline import train
+from leantune.pipeline import evaluate_run, train
 from leantune.recipe import load_recipe
 from leantune.stages.registry import build_stage
 
@@ -207,6 +207,17 @@ def test_load_run_reproduces_eval(sft_runs, case):
         assert again[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     if case[2] != "full":  # the trained weights, not the base, were loaded
         assert summary.eval_before["loss"] != pytest.approx(again["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", SFT_CASES, ids=["-".join(c) for c in SFT_CASES])
+def test_evaluate_run_gives_the_runs_own_metrics(sft_runs, case):
+    """``pipeline.evaluate_run`` (what ``leantune eval`` calls) on a finished run: the metrics the
+    run wrote after training, from the reloaded model and the recipe's eval data."""
+    _, summary, _ = sft_runs[case]
+    again = evaluate_run(Path(summary.run_dir))
+    assert set(again) == set(summary.eval_after)
+    for key, value in summary.eval_after.items():
+        assert again[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.parametrize("case", SFT_CASES, ids=["-".join(c) for c in SFT_CASES])
