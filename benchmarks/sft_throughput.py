@@ -16,6 +16,7 @@ batches, fused AdamW, its own fused LM head.
 
     .venv/bin/python benchmarks/sft_throughput.py              # all groups, ~10 min on 2 idle cores
     .venv/bin/python benchmarks/sft_throughput.py --groups lora
+    .venv/bin/python benchmarks/sft_throughput.py --quick --out /tmp/q.json   # losses of 3 steps, ~5 min
 
 Writes ``benchmarks/results/sft_throughput.json`` and prints a markdown table.
 """
@@ -275,6 +276,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="steps per row, warm-up included (default: per group)")
     ap.add_argument("--warmup", type=int, help="untimed first steps (default: per group)")
     ap.add_argument("--out", default=str(RESULTS / "sft_throughput.json"), help="results JSON path")
+    ap.add_argument("--quick", action="store_true",
+                    help="groups lora,full, 3 steps (1 warm-up): the per-step losses, to compare two versions")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sync", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -285,6 +288,8 @@ def main() -> None:
         emit(fn(method, precision, a.steps, StepClock(a.sync), options))
         return
 
+    if a.quick:
+        a.groups, a.steps, a.warmup = "lora,full", 3, 1
     groups = [g.strip() for g in a.groups.split(",") if g.strip()]
     if unknown := [g for g in groups if g not in GROUPS]:
         ap.error(f"unknown groups {unknown}; choose from {', '.join(GROUPS)}")
