@@ -15,15 +15,19 @@ RSS the file-backed part (memory-mapped weights, shared libraries), the anonymou
 and glibc's heap (in use and free: freed blocks it keeps, which the estimate does not
 model).
 
-Part 2, published figures: no training. The estimate for the conditions of published
-GPU memory tables (LLaMA-Factory's README "hardware requirement", torchtune's README
-memory table), with the conditions and whether they are stated or assumed
-(``PUBLISHED``). Their figures are quoted, not re-measured.
+Part 2, published figures: no training, no GPU. The estimate for the conditions of published
+GPU memory tables (LLaMA-Factory's README "hardware requirement", torchtune's README memory
+tables: Llama2-7B of mid-2024 and Llama 3.1 8B/70B, one GPU and FSDP over eight; the HF PEFT
+README's LoRA table, plain and with DeepSpeed ZeRO-3 offload), with the conditions and whether
+they are stated or assumed (``PUBLISHED``). Their figures are quoted (the torchtune README's
+Llama 3.1 table as of commit 0031bfb, the PEFT README's table, and the recipe configs named in each
+row's conditions, read from stored copies of those repositories), not re-measured.
 
     .venv/bin/python benchmarks/estimate_accuracy.py            # full run: 6 cases × each precision × 2 seeds
     .venv/bin/python benchmarks/estimate_accuracy.py --quick    # 1 seed, 4 examples, batch 4, max length 64: ~4 min
     .venv/bin/python benchmarks/estimate_accuracy.py --only minilm-l6/lora --only minilm-l6/full --update
         # re-measure those cases and replace their rows in the existing --out file (listed under "updates")
+    .venv/bin/python benchmarks/estimate_accuracy.py --published    # part 2 only: seconds, updates the JSON
     .venv/bin/python benchmarks/estimate_accuracy.py --only smollm2-135m/lora/bf16 --precision bf16
         # a case is model/method (every precision) or model/method/precision
 
@@ -48,6 +52,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from published_memory import NOT_COMPARED, TARGET_PCT, published, published_table  # noqa: E402
 from common import (  # noqa: E402
     RESULTS, ROOT, emit, format_table, machine_facts, peak_rss_mb, run_worker, write_results,
 )
@@ -61,7 +66,6 @@ CASES = [(m, meth) for m in ("smollm2-135m", "minilm-l6") for meth in ("full", "
 PRECISION_NOTES = {"fp32": "fp32 weights and compute", "bf16": "fp32 weights, bf16 autocast (native bf16 CPU)"}
 FULL = {"seeds": 2, "samples": 8, "batch": 8, "max_length": 128, "steps": 2}
 QUICK = {"seeds": 1, "samples": 4, "batch": 4, "max_length": 64, "steps": 2}
-TARGET_PCT = 15.0
 MB = 2**20
 
 
@@ -150,65 +154,6 @@ def worker(model: str, method: str, seed: int, size: dict, precision: str) -> di
             "train_wall_s": s.wall_time_s, "steps": s.steps, "probes": probes}
 
 
-# --------------------------------------------------------------------------- part 2: published figures
-
-LLAMA2_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False,
-             "max_position_embeddings": 4096}
-LF = "LLaMA-Factory README, 'Hardware Requirement' (hiyouga/LLaMA-Factory, marked '* estimated')"
-TT = "torchtune README memory table, mid-2024 (pytorch/torchtune, 1× RTX 4090, 'Peak Memory per GPU (GB)')"
-LF_ASSUMED = ("assumed (not stated): Llama-2-7B shape, batch 1, sequence 512, gradient checkpointing, logits at "
-              "every position (HF loss), LoRA r=8 on all linear layers; their table scales with the parameter "
-              "count alone (18x / 8x / 2x / x/2 GB for x billion parameters)")
-TT_STATED = "stated: Llama2-7B, batch size 4, sequence length 2048, 1 GPU"
-# (source, row, their GB, setting, conditions, comparable)
-PUBLISHED = [
-    (LF, "Full, bf16/fp16 AMP ('32 bit')", 120, {"method": [{"name": "full"}], "precision": "mixed"}, LF_ASSUMED),
-    (LF, "Full, pure_bf16", 60, {"method": [{"name": "full"}], "precision": "bf16"}, LF_ASSUMED),
-    (LF, "Freeze/LoRA (16 bit)", 16, {"method": [{"name": "lora", "targets": "all-linear"}], "precision": "bf16"},
-     LF_ASSUMED),
-    (LF, "QLoRA 4 bit", 6, {"method": [{"name": "qlora", "targets": "all-linear"}], "precision": "bf16"}, LF_ASSUMED),
-    (TT, "LoRA (llama2/7B_lora_single_device)", 21.3,
-     {"method": [{"name": "lora", "r": 8, "targets": ["q_proj", "v_proj"]}], "precision": "bf16",
-      "batch_size": 4, "seq_len": 2048},
-     TT_STATED + "; from the recipe config: LoRA r=8 on q_proj, v_proj, bf16 weights, activation checkpointing, "
-                 "AdamW; assumed: every row 2048 tokens long, fp32 logits at every position"),
-    (TT, "QLoRA (llama2/7B_qlora_single_device, torch.compile)", 12.3,
-     {"method": [{"name": "qlora", "r": 8, "targets": "all-linear"}], "precision": "bf16",
-      "batch_size": 4, "seq_len": 2048},
-     TT_STATED + "; from the recipe config: NF4 base (torchao), LoRA r=8 on q,k,v,o and the MLP, bf16, activation "
-                 "checkpointing; assumed: rows 2048 tokens long, fp32 logits at every position"),
-]
-NOT_COMPARED = [
-    (TT, "Full finetune, Llama2-7B, 1× RTX 4090: 24.1 GB",
-     "PagedAdamW keeps the optimizer states in CUDA unified memory, outside the PyTorch allocator, and the "
-     "low-memory recipe fuses the optimizer step into backward; the estimate models neither"),
-    (TT, "Llama 3.1 8B rows (batch 2, packed 2048, torch.compile): LoRA 16.2 GiB, QLoRA 7.4 GiB on a 4090",
-     "the README does not say which memory options (activation offloading, chunked loss) each row used"),
-    (LF, "QLoRA 8 bit (10 GB) and 2 bit (4 GB)", "8-bit and 2-bit base weights are not modelled"),
-]
-
-
-def published() -> list[dict]:
-    from transformers import LlamaConfig
-
-    from leantune.guide.peak_memory import Setting, estimate
-    from leantune.guide.model_shape import shape_from_config
-
-    shape = shape_from_config(LlamaConfig(**{k: v for k, v in LLAMA2_7B.items() if k != "model_type"}), "llama-2-7b")
-    rows = []
-    for source, row, theirs, setting, conditions in PUBLISHED:
-        st = Setting(**{"batch_size": 1, "seq_len": 512, **setting}, gradient_checkpointing=True, device="cuda",
-                     loss="full", label_fraction=1.0)
-        est = estimate(shape, st)
-        ours = est.total / 1e9  # both tables count GB = 10^9 bytes (billions of parameters × bytes)
-        rows.append({"source": source, "row": row, "theirs_gb": theirs, "ours_gb": round(ours, 1),
-                     "error_pct": round(100 * (ours - theirs) / theirs, 1), "conditions": conditions,
-                     "components_gb": {k: round(v / 1e9, 2) for k, v in est.components.items()},
-                     "trainable_params": est.trainable_params, "setting": est.setting})
-    return rows
-
-
 # --------------------------------------------------------------------------- driver
 
 def summarize(model: str, method: str, precision: str, runs: list[dict]) -> dict:
@@ -263,9 +208,28 @@ def tables(rows: list[dict], pub: list[dict]) -> tuple[str, str]:
         ])
     measured = format_table(["case", "predicted MB", "measured peak RSS MB", "error",
                              "RSS before load / overhead term MB", "heap free at peak MB"], body)
-    pbody = [[p["source"].split(",")[0].split(" README")[0], p["row"], f"{p['theirs_gb']:g} GB",
-              f"{p['ours_gb']:.1f} GB", f"{p['error_pct']:+.0f} %"] for p in pub]
-    return measured, format_table(["source", "row (7B)", "theirs", "ours", "error"], pbody)
+    return measured, published_table(pub)
+
+
+def published_only(out: Path) -> int:
+    """``--published``: recompute the published rows (no training, no GPU) and replace them in ``out``,
+    keeping its measured rows."""
+    pub = published()
+    table = published_table(pub)
+    print(table + "\n\n(* outside ±15 %: see each row's explanation in the JSON)")
+    if not out.is_file():
+        print(f"{out} does not exist: nothing updated")
+        return 0
+    payload = json.loads(out.read_text())
+    measured, _ = tables(payload["rows"], pub)
+    payload.update(published=pub, published_not_compared=[{"source": s, "row": r, "why": w}
+                                                           for s, r, w in NOT_COMPARED],
+                   published_updated={"command": " ".join([".venv/bin/python benchmarks/estimate_accuracy.py",
+                                                           *sys.argv[1:]]),
+                                      "date": time.strftime("%Y-%m-%d")},
+                   markdown=measured + "\n\n" + table)
+    print(f"wrote {write_results(out, payload)}")
+    return 0
 
 
 def main() -> int:
@@ -281,6 +245,8 @@ def main() -> int:
     ap.add_argument("--update", action="store_true",
                     help="re-measure only the --only cases and replace their rows in the existing --out file, "
                          "with the sizes recorded there")
+    ap.add_argument("--published", action="store_true",
+                    help="only the published figures (no training, no GPU): print them and replace them in --out")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
@@ -290,6 +256,8 @@ def main() -> int:
         emit(worker(model, method, a.seed, json.loads(a.size), precision))
         return 0
 
+    if a.published:
+        return published_only(Path(a.out))
     previous = json.loads(Path(a.out).read_text()) if a.update else None
     if a.update and not a.only:
         ap.error("--update needs --only: the cases to re-measure")

@@ -191,7 +191,10 @@ def test_recipe_precision_on_cpu_is_autocast():
 
     recipe = load_recipe(raw={"model": "smollm2-135m", "method": "lora", "train": {"precision": "bf16"}})
     assert setting_from_recipe(recipe, device="cpu").precision == "mixed"
-    assert setting_from_recipe(recipe, device="cuda").precision == "bf16"
+    # GPU: model.dtype auto loads frozen weights in bf16, trainable ones are fp32 master weights under
+    # autocast (pipeline._model_dtype, keep_fp32_master_weights); was pure bf16 (bf16 trainable + moments)
+    gpu = setting_from_recipe(recipe, device="cuda")
+    assert (gpu.precision, gpu.weight_dtype) == ("mixed", "bf16")
     half = load_recipe(raw={"model": {"name": "smollm2-135m", "dtype": "bfloat16"}, "method": "lora",
                             "train": {"precision": "bf16"}})
     assert setting_from_recipe(half, device="cpu").precision == "bf16"  # bf16 weights: pure bf16

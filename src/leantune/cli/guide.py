@@ -20,66 +20,110 @@ def _mb(b: float) -> str:
 @app.command()
 @user_errors
 def estimate(
-        model: Optional[str] = typer.Argument(None, help="Packaged name, model folder or config.json (or raw numbers)."),
+        model: Optional[str] = typer.Argument(None, help=(
+            "Packaged name, model folder, config.json, hub id (local HF cache or built-in table: "
+            "meta-llama/Llama-3.1-8B, qwen2.5-7b, …) or raw numbers.")),
         method: str = typer.Option("lora", "--method", "-m", help="Method, or a composition a+b."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 or mixed (fp32 weights, half activations)."),
+        precision: Optional[str] = typer.Option(
+            None, "--precision", help="auto (GPU default: frozen weights bf16, fp16 before Ampere; trainable fp32 "
+                                      "master weights; autocast), fp32, bf16 or fp16 (pure half), mixed (fp32 "
+                                      "weights, half activations). Default: auto on GPUs, fp32 on CPU."),
         quant: str = typer.Option("none", "--quant", help="none or nf4 (qlora implies nf4)."),
         double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant"),
         optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, sgd."),
-        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Micro-batch per GPU."),
+        grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Gradient accumulation steps."),
         seq_len: int = typer.Option(512, "--seq-len", "--max-length", "-s", min=1, help="Tokens per sequence (the recipe's train.max_length)."),
         checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing"),
         label_fraction: float = typer.Option(1.0, "--label-fraction", min=0.0, max=1.0,
                                              help="Share of positions with labels (logits are computed there only)."),
         head: Optional[str] = typer.Option(None, "--head", help="causal_lm, seq_cls, masked_lm, seq2seq."),
-        device: str = typer.Option("cpu", "--device", help="cpu or cuda (sets the runtime overhead)."),
-        budget: str = typer.Option("24GB", "--budget", help="Memory budget, e.g. 24GB, 512MB."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda with --gpu, --gpus, "
+                                                                    "--strategy or --offload, else cpu)."),
+        gpus: int = typer.Option(1, "--gpus", min=1, help="Data-parallel processes, one GPU each."),
+        strategy: str = typer.Option("ddp", "--strategy", help="ddp, zero1, zero2, zero3 or fsdp (full shard)."),
+        offload: str = typer.Option("none", "--offload", help="none, optimizer, or cpu/all (with zero3 and fsdp "
+                                                              "also the parameters) to host memory."),
+        gpu: Optional[str] = typer.Option(None, "--gpu", help="The budget of a GPU: a100-80g, a100-40g, h100, h200, "
+                                                              "l4, l40s, 4090, 3090, t4, v100, a10g."),
+        budget: Optional[str] = typer.Option(None, "--budget", help="Memory budget per GPU, e.g. 24GB, 512MB "
+                                                                    "(default: the --gpu's, else 24GB)."),
+        max_batch: bool = typer.Option(False, "--max-batch", help="Also find the largest micro-batch that fits."),
         params: Optional[str] = typer.Option(None, "--params", help="Raw numbers: parameter count, e.g. 7B."),
         layers: int = typer.Option(0, "--layers"), hidden: int = typer.Option(0, "--hidden"),
         vocab: int = typer.Option(32000, "--vocab"), heads: int = typer.Option(0, "--heads"),
         intermediate: Optional[int] = typer.Option(None, "--intermediate"),
         kv_heads: Optional[int] = typer.Option(None, "--kv-heads"),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table.")):
-    """Estimate peak training memory: weights, trainable, gradients, optimizer, activations, logits."""
+    """Estimate peak training memory per GPU: weights, trainable, gradients, optimizer, activations, logits."""
     quiet_libraries()
+    from ..guide.gpus import find_gpu
     from ..guide.model_shape import load_shape, parse_size, shape_from_numbers
     from ..guide.peak_memory import Setting, suggestions, verdict
     from ..guide.peak_memory import estimate as run_estimate
+    from ..guide.peak_memory import max_batch as find_max_batch
 
     if model is None and not (layers and hidden and heads):
         raise LeantuneError("estimate: give a model, or raw numbers --layers --hidden --heads (--params --vocab)")
     try:
+        card = find_gpu(gpu) if gpu else None
+        multi = card is not None or gpus > 1 or strategy != "ddp" or offload != "none"
+        device = device or ("cuda" if multi else "cpu")
+        precision = precision or ("auto" if device == "cuda" else "fp32")
         shape = load_shape(model, head) if model else shape_from_numbers(
             params, layers, hidden, vocab, heads, intermediate, kv_heads)
         setting = Setting(method=[{"name": n} for n in method.split("+")], precision=precision, quant=quant,
                           double_quant=double_quant, optimizer=optimizer, batch_size=batch_size, seq_len=seq_len,
-                          gradient_checkpointing=checkpointing, label_fraction=label_fraction, head=head,
-                          device=device)
+                          grad_accum=grad_accum, gradient_checkpointing=checkpointing, label_fraction=label_fraction,
+                          head=head, device=device, gpus=gpus, strategy=strategy, offload=offload,
+                          weight_dtype=card.half if card and precision == "auto" else None)
         est = run_estimate(shape, setting)
-        limit = parse_size(budget)
+        limit = parse_size(budget) if budget else card.usable_bytes if card else parse_size("24GB")
+        budget_text = budget or (f"{card.name} ({card.memory_gib:g} GiB)" if card else "24GB")
+        largest = (find_max_batch(shape, setting, limit), find_max_batch(shape, setting, 0.8 * limit)) \
+            if max_batch else None
     except (ValueError, KeyError) as exc:
         raise LeantuneError(f"estimate: {exc}") from None
     if as_json:
-        console.print_json(json.dumps({**est.as_dict(), "budget_bytes": limit, "verdict": verdict(est, limit)}))
+        extra = {"budget_bytes": limit, "verdict": verdict(est, limit)}
+        if largest:
+            extra.update(max_batch=largest[0], max_batch_fits=largest[1])
+        console.print_json(json.dumps({**est.as_dict(), **extra}))
         return
     # the setting as a heading that wraps at words (a table title would wrap at the narrow table's width)
-    console.print(f"[bold]{escape(shape.name)}[/] · {est.method} · {precision}"
+    half = est.setting["weight_dtype"]
+    prec = f"{half} autocast, fp32 trainable" if half and half != "fp32" else est.setting["precision"]
+    where = (f" · {gpus} GPUs {strategy}" if gpus > 1 else f" · 1 GPU{'' if strategy == 'ddp' else ' ' + strategy}") \
+        if device == "cuda" else ""
+    console.print(f"[bold]{escape(shape.name)}[/] · {est.method} · {prec}"
                   f"{' · nf4' if est.setting['quant'] == 'nf4' else ''} · {optimizer} · batch {batch_size} × {seq_len}"
-                  f"{' · checkpointing' if checkpointing else ''}", highlight=False)
-    table = Table("component", Column("memory", justify="right"))
+                  f"{f' × {grad_accum} accumulated' if grad_accum > 1 else ''}"
+                  f"{' · checkpointing' if checkpointing else ''}{where}"
+                  f"{f' · offload {offload}' if offload != 'none' else ''}", highlight=False)
+    columns = ["component", Column("per GPU" if device == "cuda" else "memory", justify="right")]
+    if est.host:
+        columns.append(Column("host", justify="right"))
+    table = Table(*columns)
     for key, value in est.components.items():
-        table.add_row(key, _mb(value))
-    table.add_row("[bold]total", f"[bold]{_mb(est.total)}")
+        table.add_row(key, _mb(value), *([_mb(est.host[key]) if key in est.host else ""] if est.host else []))
+    host_total = sum(est.host.values())
+    table.add_row("[bold]total", f"[bold]{_mb(est.total)}", *([f"[bold]{_mb(host_total)}"] if est.host else []))
     console.print(table)
     pct = 100 * est.trainable_params / max(est.total_params, 1)
     console.print(f"trainable parameters: {est.trainable_params:,} of {est.total_params:,} ({pct:.3f}%)\n"
                   f"parameter count: {'exact (meta-device model)' if est.count_source == 'meta' else 'closed-form'}",
                   highlight=False)
+    if gpus > 1 or grad_accum > 1:
+        console.print(f"effective batch: {batch_size} × {grad_accum} × {gpus} GPU{'s' if gpus > 1 else ''} = "
+                      f"{batch_size * grad_accum * gpus} sequences per optimizer step", highlight=False)
     for note in est.notes:
         console.print(f"[dim]{escape(note)}", highlight=False)
     v = verdict(est, limit)
     color = {"fits": "green", "tight": "yellow"}.get(v, "red")
-    console.print(f"verdict against {budget}: [bold {color}]{v}[/]")
+    console.print(f"verdict against {escape(budget_text)}{' per GPU' if device == 'cuda' else ''}: [bold {color}]{v}[/]")
+    if largest:
+        console.print(f"largest micro-batch within {escape(budget_text)}: {largest[0]} (within 80 %: {largest[1]})"
+                      if largest[0] else f"not even batch 1 fits {escape(budget_text)}", highlight=False)
     if v != "fits":
         for line in suggestions(shape, setting, limit):
             console.print(f"  try {escape(line)}", highlight=False)

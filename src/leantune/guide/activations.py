@@ -52,12 +52,14 @@ def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: 
 
 def saved_tensors_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
                             attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
-                            mlp_element: int | None = None) -> list[tuple[float, float]]:
+                            mlp_element: int | None = None, residual: int | None = None) -> list[tuple[float, float]]:
     """The tensors of :func:`activation_bytes_per_layer`: (bytes of one tensor, tensors per layer).
-    One tensor's size decides where the CPU allocator serves it from (:func:`heap_retained_bytes`)."""
+    One tensor's size decides where the CPU allocator serves it from (:func:`heap_retained_bytes`).
+    ``residual``: bytes of the residual stream when not the precision's (GPU autocast over frozen bf16
+    embeddings: 2)."""
     h, f, kv, t = s.hidden, s.intermediate, s.kv_hidden, tokens
     e = 4 if precision == "fp32" else 2
-    r = 4 if precision in ("fp32", "mixed") else 2
+    r = residual or (4 if precision in ("fp32", "mixed") else 2)
     mask = e if device == "cpu" else 1
     mlp_inputs = 2 if s.gated_mlp else 1
     copies = (3 + mlp_inputs + (1 if adapters else 0)) if precision == "mixed" else 2
@@ -80,8 +82,9 @@ def saved_tensors_per_layer(s: ModelShape, tokens: int, seq: int, precision: str
 
 def weight_copy_sizes(s: ModelShape) -> list[tuple[float, float]]:
     """Autocast's half-precision copies of one layer's block linears: (bytes of one copy, copies per
-    layer) from the layer's shapes: Q and O ``h×h``, K and V ``h×h_kv``, the MLP's ``h×f``."""
-    return [(2 * s.hidden * s.hidden, 2), (2 * s.hidden * s.kv_hidden, 2),
+    layer) from the layer's shapes: Q and O ``h×h_q`` (h_q = heads × head_dim, h unless the config
+    sets head_dim: Gemma, Qwen3), K and V ``h×h_kv``, the MLP's ``h×f``."""
+    return [(2 * s.hidden * s.q_hidden, 2), (2 * s.hidden * s.kv_hidden, 2),
             (2 * s.hidden * s.intermediate, 3 if s.gated_mlp else 2)]
 
 
@@ -100,12 +103,13 @@ def heap_retained_bytes(tensors: list[tuple[float, float]], threshold: float) ->
     return HEAP_RETAINED * sum(size * n for size, n in tensors if size < threshold)
 
 
-def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool) -> float:
+def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool,
+                         residual: int | None = None) -> float:
     """Saved tensors outside the layers: the final norm's input (decoders) or the embedding
     LayerNorm's input, its dropout mask and the pooled last hidden state (encoders)."""
     h, t = s.hidden, tokens
     e = 4 if precision == "fp32" else 2
-    r = 4 if precision in ("fp32", "mixed") else 2
+    r = residual or (4 if precision in ("fp32", "mixed") else 2)
     top = t * h * (4 if s.norm == "rms" else r)
     if train_norms and s.norm == "rms":
         top += t * h * r

@@ -6,6 +6,8 @@ The arithmetic, its components and its calibration: ``peak_memory.py``; paramete
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..training.device import cpu_has_native_bf16
@@ -15,22 +17,43 @@ from .peak_memory import Estimate, Setting, estimate
 
 def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: float | None = None,
                         seq_len: int | None = None, num_labels: int | None = None, head: str | None = None,
-                        precision: str | None = None) -> Setting:
-    """The estimator's setting for a recipe's training (default device: CUDA when there is one)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                        precision: str | None = None, gpus: int | None = None) -> Setting:
+    """The estimator's setting for a recipe's training (default device: CUDA when there is one).
+
+    On a GPU the pipeline trains under autocast (bf16, fp16 before Ampere) with the frozen weights in
+    ``model.dtype`` (``auto``: the autocast type, ``pipeline._model_dtype``) and every trainable parameter
+    as an fp32 master weight (``keep_fp32_master_weights``): precision ``mixed`` with ``weight_dtype``.
+    ``gpus``: the processes (default: ``WORLD_SIZE``), sharded as ``train.distributed`` says."""
+    device = device or ("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu")
+    device = "cuda" if device.startswith("cuda") else "cpu"
+    gpus = gpus or int(os.environ.get("WORLD_SIZE", "1") or 1)  # torchrun / accelerate launch set it
     prec = precision or recipe.train.precision
-    if prec == "auto":
-        if device == "cuda":
-            prec = "mixed"
-        else:
+    weight_dtype = None
+    if device == "cuda":
+        if prec == "auto":
+            prec = "bf16" if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "fp16"
+        if prec in ("bf16", "fp16"):
+            loaded = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(recipe.model.dtype, prec)
+            prec, weight_dtype = "mixed", (loaded if loaded != "fp32" else None)
+    else:
+        if prec == "auto":
             prec = "mixed" if cpu_has_native_bf16() else "fp32"
-    elif prec in ("bf16", "fp16") and device == "cpu":
-        prec = "mixed"  # the engine's bf16 is autocast over the fp32 weights CPU loads (models/loading.py)
-    if recipe.model.dtype in ("bfloat16", "float16") and prec != "fp32":
-        prec = "bf16" if recipe.model.dtype == "bfloat16" else "fp16"
+        elif prec in ("bf16", "fp16"):
+            prec = "mixed"  # the engine's bf16 is autocast over the fp32 weights CPU loads (models/loading.py)
+        if recipe.model.dtype in ("bfloat16", "float16") and prec != "fp32":
+            prec = "bf16" if recipe.model.dtype == "bfloat16" else "fp16"
+    dist = recipe.train.distributed
+    strategy, offload = "ddp", "none"
+    if dist is not None:
+        strategy = f"zero{dist.zero_stage}" if dist.strategy == "deepspeed" else dist.strategy
+        offload = dist.offload
+    elif recipe.train.deepspeed:
+        strategy = "zero2"  # the JSON's stage is not read here
     qcfg = next((m for m in recipe.method if m["name"] == "qlora"), None)
     return Setting(
-        method=[dict(m) for m in recipe.method], precision=prec,
+        method=[dict(m) for m in recipe.method], precision=prec, weight_dtype=weight_dtype,
+        gpus=max(gpus, 1), strategy=strategy if device == "cuda" else "ddp",
+        offload=offload if device == "cuda" and strategy != "ddp" else "none",
         quant="nf4" if qcfg else "none", double_quant=bool(qcfg.get("double_quant", True)) if qcfg else True,
         optimizer=recipe.train.optimizer, batch_size=recipe.train.batch_size, grad_accum=recipe.train.grad_accum,
         seq_len=seq_len or recipe.train.max_length, gradient_checkpointing=recipe.train.gradient_checkpointing,

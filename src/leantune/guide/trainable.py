@@ -3,8 +3,9 @@ method can be applied to the model built on the ``meta`` device (no memory, no w
 closed forms per method; and what the causal-LM loss will do with the output head."""
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -34,8 +35,22 @@ class Counts:
     tiled_loss: bool = True          # the engine's tiled cross-entropy applies (plain nn.Linear head)
 
 
+_CACHE: dict[tuple, Counts] = {}
+_CACHE_SIZE = 32
+
+
 def count_trainable(shape: ModelShape, method: list[dict], head: str, num_labels: int = 2) -> Counts:
-    """Applies the method to the meta model when possible, else closed forms."""
+    """Applies the method to the meta model when possible, else closed forms. Remembered for the last
+    few (shape, method, head) asked: searches over the batch size ask for the same counts many times."""
+    key = (repr(shape), type(shape.config).__name__, json.dumps(method, sort_keys=True, default=str), head, num_labels)
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _count_trainable(shape, method, head, num_labels)
+    return replace(_CACHE[key])
+
+
+def _count_trainable(shape: ModelShape, method: list[dict], head: str, num_labels: int = 2) -> Counts:
     names = set(method_names(method))
     if shape.config is not None:
         try:
