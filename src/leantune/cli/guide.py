@@ -132,34 +132,113 @@ def estimate(
 @app.command()
 @user_errors
 def advise(
-        task: str = typer.Option("classification", "--task", help="classification, generation, extraction, summarization, qa."),
-        labelled: int = typer.Option(..., "--labelled", "-n", min=0, help="Number of labelled examples."),
+        data_file: Optional[Path] = typer.Argument(None, metavar="[DATA]",
+                                                   help="Your data file: read for its format, examples, labels, lengths."),
+        task: Optional[str] = typer.Option(None, "--task", help="classification, generation, extraction, summarization, qa "
+                                                                 "(default: from DATA, else classification)."),
+        labelled: Optional[int] = typer.Option(None, "--labelled", "-n", min=0,
+                                               help="Number of labelled examples (without DATA; DATA wins)."),
         unlabelled: bool = typer.Option(False, "--unlabelled/--no-unlabelled", help="Unlabelled in-task text is available."),
         low_resource: bool = typer.Option(False, "--low-resource/--no-low-resource",
                                           help="Low-resource language or specialised domain."),
         tasks: int = typer.Option(1, "--tasks", min=1, help="Number of tasks to serve from one base model."),
-        memory: str = typer.Option("24GB", "--memory", help="Memory budget, e.g. 24GB."),
+        memory: str = typer.Option("24GB", "--budget", "--memory", help="Memory budget, e.g. 24GB."),
+        gpu: Optional[str] = typer.Option(None, "--gpu", help="A GPU name instead of --budget: t4, a10, l4, a100-40gb, "
+                                                              "a100, h100, 3090, 4090 or anything ending in NNGB."),
         time_h: Optional[float] = typer.Option(None, "--time", help="Time budget in hours."),
         model: Optional[str] = typer.Option(None, "--model", help="Model (default: minilm-l6 / smollm2-135m)."),
-        data: str = typer.Option("train.jsonl", "--data", help="Training file written into the recipes."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Write one recipe per approach into this folder.")):
-    """Rank approaches for your data and budget; write a ready recipe for each (--out)."""
-    from ..guide.advisor import TASKS, Situation
-    from ..guide.advisor import advise as run_advise
+        data: Optional[str] = typer.Option(None, "--data", help="Training file written into the recipes (default: DATA)."),
+        max_length: int = typer.Option(512, "--max-length", min=16, help="Longest train.max_length a recipe may get."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write one recipe per approach here (with --prove: "
+                                                               "OUT/recipes, and the proof in OUT)."),
+        prove: bool = typer.Option(False, "--prove", help="Train the top candidates on DATA and keep the measured best."),
+        top: int = typer.Option(3, "--top", min=1, help="--prove: how many candidates."),
+        budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", min=0,
+                                                       help="--prove: start no candidate after this many minutes."),
+        isolate: bool = typer.Option(True, "--isolate/--in-process", help="--prove: one process per candidate.")):
+    """Rank approaches for your data and budget and say why; write recipes (--out); prove the pick (--prove)."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from ..guide.advisor import TASKS, Situation, rank
+    from ..guide.advisor_recipes import default_model
+    from ..guide.data_facts import read_data, situation_from_data
     from ..guide.model_shape import parse_size
 
-    if task not in TASKS:
+    if task is not None and task not in TASKS:
         raise LeantuneError(f"advise: --task {task!r}; one of {', '.join(TASKS)}")
+    if data_file is None and labelled is None:
+        raise LeantuneError("advise: give a DATA file, or the number of labelled examples with -n")
+    if prove and (data_file is None or out is None):
+        raise LeantuneError("advise --prove needs a DATA file and --out DIR")
     quiet_libraries()
-    situation = Situation(task=task, labelled=labelled, unlabelled=unlabelled, low_resource=low_resource,
-                          tasks=tasks, memory_budget=parse_size(memory), time_budget_h=time_h, model=model)
+    gpus = {"t4": "16GB", "v100": "16GB", "a10": "24GB", "l4": "24GB", "3090": "24GB", "4090": "24GB",
+            "a100-40gb": "40GB", "a100": "80GB", "h100": "80GB", "h200": "141GB"}
+    if gpu:
+        key = gpu.lower().removeprefix("nvidia-").removeprefix("rtx")
+        memory = gpus.get(key) or next((p for p in key.replace("_", "-").split("-") if p.endswith("gb")), "")
+        if not memory:
+            raise LeantuneError(f"advise: --gpu {gpu!r}: one of {', '.join(gpus)}, or a name ending in NNGB")
+    base = Situation(task=task or "classification", labelled=labelled or 0, unlabelled=unlabelled,
+                     low_resource=low_resource, tasks=tasks, memory_budget=parse_size(memory),
+                     time_budget_h=time_h, model=model, max_length_cap=max_length)
+    facts = None
+    if data_file is not None:
+        if not data_file.is_file():
+            raise LeantuneError(f"advise: {data_file}: no such file")
+        facts = read_data(data_file, None, model or ("minilm-l6" if (task or "classification") == "classification"
+                                                      else "smollm2-135m"))
+        base = situation_from_data(facts, base)
+    if prove:
+        from ..workflows.prove import check_prove_dir
+        from ..workflows.prove import prove as run_prove
+        check_prove_dir(out)
+    recipes_dir = (out / "recipes") if (prove and out) else out
+    ranking = rank(base, recipes_dir, data or (str(data_file) if data_file else "train.jsonl"))
+    s = ranking.situation
+
+    def say(m: str, style: str = "", indent: int = 0) -> None:  # wraps at the terminal width, indented
+        console.print(Padding(Text(m, style=style), (0, 0, 0, indent)))
+    for line in (facts.lines() if facts else [f"{s.task}, {s.shots} (no data file read)"]):
+        say(line)
+    say(f"task: {s.task} · model: {default_model(s)} "
+        f"· memory budget {memory}" + (f" · {time_h:g} h" if time_h else ""), "dim")
+    for note in s.notes:
+        say(f"note: {note}", "yellow")
     rows = []
-    for i, a in enumerate(run_advise(situation, out, data), 1):
-        mem = "" if a.memory_mb is None else f"{a.memory_mb:,.0f} MB" + ("" if a.fits else " (over)")
-        rows.append(([(f"{i}. {a.approach}", "bold"), f"score {a.score}", mem],
-                     [*a.reasons, (a.note, "red"), (a.recipe and f"recipe: {a.recipe}", "dim")]))
-    console.print(detail_table("approach", "why", rows, title=f"{task}, {labelled:,} labelled examples, "
-                                                                 f"budget {memory}"))
+    for i, a in enumerate(ranking.advice, 1):
+        mem = "" if a.memory_mb is None else f"~{a.memory_mb:,.0f} MB" + ("" if a.fits else " (over)")
+        on = f"on {a.model}" if a.model and a.model != default_model(s) else ""
+        t = (a.raw or {}).get("train", {})
+        length = (f"recipe: {t['max_steps']} steps × batch {t['batch_size']}, lr {t['lr']:g}, "
+                  f"max length {t['max_length']}" if t.get("max_steps") else "")
+        rows.append(([(f"{i}. {a.approach}", "bold"), on, f"score {a.score}", mem],
+                     [*a.reasons, (a.note, "red"), (length, "dim"), (a.recipe and f"→ {a.recipe}", "dim")]))
+    console.print(detail_table("approach", "why", rows))
+    if ranking.dropped:
+        say("left out (cannot run here):", "bold")
+        for why in ranking.dropped:
+            say(f"- {why}", indent=3)
+    if not prove:
+        return
+    say("")
+    result = run_prove(ranking.advice, data_file, out, top=top, budget_minutes=budget_minutes, isolate=isolate,
+                       say=lambda m: console.print(m, highlight=False))
+    for r in result.compare.rows:
+        val = "failed" if r["metric"] is None else f"{result.compare.metric} {r['metric']:.4f}"
+        wall = "" if r["wall_time_s"] is None else f", {r['wall_time_s']:.0f} s"
+        say(f"{r['variant']}: {val}{wall}", indent=3)
+    for name in result.skipped:
+        say(f"{name}: not started (time budget)", indent=3)
+    if result.winner:
+        w = result.winner
+        say(f"measured winner: {w['approach']} ({w['metric']} {w['value']:.4f} on "
+            f"{result.split.val_size} held-out examples)", "bold green")
+        say(f"recipe: {w['recipe']} (trains on all of {data_file})")
+    else:
+        say("no candidate finished: no winner", "red")
+    charts = ", ".join(str(c) for c in result.compare.charts) or "none"
+    say(f"table: {out / 'compare.md'}; charts: {charts}", "dim")
 
 
 @app.command()
