@@ -89,7 +89,7 @@ def test_models_fit_80_columns():
 def test_advise_fits_80_columns_and_keeps_every_reason_whole(args, situation):
     out = run("advise", *args)
     right = column(out, 2)
-    for a in advise(Situation(**situation), with_memory=False):
+    for a in advise(Situation(**situation)):  # with the model's facts, as the command sees them
         assert a.approach in column(out, 1)
         for why in a.reasons:
             assert words(why) in right, a.approach
