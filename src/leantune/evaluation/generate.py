@@ -7,6 +7,10 @@ from torch import nn
 from ..data.templates import render, resolve_template
 from ..training.modes import evaluating
 
+# The decoding of the answers in report.md and `leantune chat`; exported folders ship the same
+# settings (generation_config.json, Ollama's Modelfile) so that others decode as training reported.
+ANSWER_SETTINGS = {"do_sample": False, "repetition_penalty": 1.1}
+
 
 def _stop_ids(tokenizer) -> list[int]:
     """End-of-turn token ids: the tokenizer's EOS and ChatML's ``<|im_end|>`` where it exists."""
@@ -23,8 +27,8 @@ def generate_answer(model: nn.Module, tokenizer, messages: list[dict], template_
     enc = {k: v.to(device) for k, v in enc.items()}
     stop = _stop_ids(tokenizer)
     with evaluating(model):
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop or None,
-                             pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.1)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop or None,
+                             pad_token_id=tokenizer.pad_token_id, **ANSWER_SETTINGS)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
