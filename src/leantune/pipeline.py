@@ -21,9 +21,11 @@ from .data.loading import load_data
 from .errors import LeantuneError, RecipeError
 from .evaluation.generate import generate_answers
 from .export.run_loading import load_run
+from .export.ship import ship_folder
 from .guide.estimate import estimate_recipe, feature_stats
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
+from .models.reference import record_base
 from .recipe import Recipe
 from .report.run_report import write_report
 from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
@@ -31,6 +33,7 @@ from .stages.registry import build_stage
 from .training.device import keep_fp32_master_weights, move_to_device
 from .training.engine import Engine, count_total_steps, seed_everything
 from .training.runtime import Runtime, build_runtime, check_method_fits
+from .training.trackers import check_trackers, report_metrics
 
 
 @dataclass
@@ -96,6 +99,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if not runtime.is_main:
         say, progress = (lambda s: None), False
     run_dir = check_run_dir(recipe, resume)
+    check_trackers(recipe.train.report_to)
     runtime.barrier()  # every process checked the run directory before rank 0 creates it
     seed_everything(recipe.train.seed)
     stage = build_stage(recipe.stage)
@@ -143,9 +147,11 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     model = move_to_device(stage.attach(model), runtime.device)
     keep_fp32_master_weights(model)
     effective = recipe.train.batch_size * runtime.world_size * recipe.train.grad_accum
-    with open_run_dir(run_dir, resume, say) if runtime.is_main else nullcontext():
+    with open_run_dir(run_dir, resume, say) if runtime.is_main else nullcontext(), \
+            report_metrics(recipe, run_dir, resume, say) if runtime.is_main else nullcontext():
         if runtime.is_main:
             meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path),
+                    "base_model": record_base(recipe.model.name, model_path, run_dir),
                     "head": stage.head_name, "labels": data.labels, "device": str(runtime.device),
                     "precision": runtime.precision, "strategy": runtime.strategy, "processes": runtime.world_size,
                     "effective_batch": effective}
@@ -178,6 +184,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                     method.save(model, tmp)
                     stage.save_extra(model, tmp)
                     tokenizer.save_pretrained(tmp)
+                    ship_folder(tmp, tokenizer, recipe, stage.head_name, merged=False, run_dir=run_dir)
         after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
         answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
                                          recipe.eval.max_new_tokens) if prompts and evaluates else []
@@ -230,7 +237,7 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
         raise RecipeError(f"stage {stage.name} does not train: run it in one process (without --nproc)")
     with open_run_dir(run_dir, False, say):
         meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
-                "labels": data.labels}
+                "labels": data.labels, "base_model": record_base(recipe.model.name, model_path, run_dir)}
         atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         say(f"stage {stage.name} does not train: the method ({'+'.join(m['name'] for m in recipe.method)}) is not applied")
@@ -253,11 +260,12 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
         return summary
 
 
-def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], None] = lambda s: None) -> dict:
+def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], None] = lambda s: None,
+                 base: str | Path | None = None) -> dict:
     """The metrics of a finished run on its recipe's evaluation data, or on ``data`` (a file in
     a format the run's stage reads): the stage that trained it evaluates, with the run's head,
     label order and what it trained beside the method (``Stage.restore``, ``Stage.load_extra``)."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, base=base)
     recipe = run.recipe
     stage = build_stage(recipe.stage)
     stage.restore(run.head, run.labels)

@@ -26,7 +26,7 @@ from .recipe import Recipe
 
 RUN_META = "run.json"
 FINISHED_MARK = "summary.json"  # written last by a run that finished
-RESUME_FREE = {"train": {"max_steps", "epochs", "device"}}  # may change between a run and its --resume
+RESUME_FREE = {"train": {"max_steps", "epochs", "device", "report_to"}}  # may change between a run and its --resume
 
 
 def run_path(recipe: Recipe) -> Path:

@@ -9,19 +9,43 @@ from pydantic import BaseModel, ValidationError
 
 from .yaml_source import Marks, locate
 
-
-# Names used by other tools (HF Trainer, PEFT) that spelling similarity cannot map to ours.
-ALIASES = {
-    "learning_rate": "lr", "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-    "target_modules": "targets", "use_dora": "dora", "use_rslora": "rslora", "num_train_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "lr_scheduler_type": "scheduler", "max_seq_length": "max_length",
+# Keys of other tools (HF Trainer, PEFT, LLaMA-Factory, axolotl) → the recipe field that means the
+# same. The hint of an unknown key reads it, and so does recipe/foreign/, which translates those
+# tools' configs.
+FOREIGN_KEYS = {
+    "model_name_or_path": "model.name", "base_model": "model.name", "trust_remote_code": "model.trust_remote_code",
+    "finetuning_type": "method.name", "adapter": "method.name",
+    "rank": "method.r", "lora_rank": "method.r", "lora_r": "method.r", "lora_alpha": "method.alpha",
+    "lora_dropout": "method.dropout", "lora_target": "method.targets", "lora_target_modules": "method.targets",
+    "target_modules": "method.targets", "use_dora": "method.dora", "peft_use_dora": "method.dora",
+    "use_rslora": "method.rslora", "peft_use_rslora": "method.rslora",
+    "rl": "stage.name", "pref_beta": "stage.beta", "pref_loss": "stage.loss_type", "reward_model": "stage.reward",
+    "dataset": "data.train", "datasets": "data.train", "eval_dataset": "data.eval", "template": "data.template",
+    "chat_template": "data.template", "val_size": "data.eval_split", "val_set_size": "data.eval_split",
+    "max_samples": "data.max_samples",
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "max_steps": "train.max_steps", "per_device_train_batch_size": "train.batch_size",
+    "micro_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "lr_scheduler_type": "train.scheduler", "lr_scheduler": "train.scheduler", "warmup_ratio": "train.warmup_ratio",
+    "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm", "cutoff_len": "train.max_length",
+    "sequence_len": "train.max_length", "max_seq_length": "train.max_length", "bf16": "train.precision",
+    "fp16": "train.precision", "optim": "train.optimizer", "optimizer": "train.optimizer",
+    "gradient_checkpointing": "train.gradient_checkpointing", "logging_steps": "train.logging_steps",
+    "eval_steps": "train.eval_steps", "save_steps": "train.save_steps", "save_total_limit": "train.save_total_limit",
+    "seed": "train.seed", "deepspeed": "train.deepspeed", "report_to": "train.report_to",
+    "per_device_eval_batch_size": "eval.batch_size", "eval_batch_size": "eval.batch_size", "output_dir": "output.dir",
+    "overwrite_output_dir": "output.overwrite",
 }
 
 
 def _suggest(name: str, options: list[str]) -> str:
-    if ALIASES.get(name) in options:
-        return f" Did you mean {ALIASES[name]!r}?"
+    """The field ``name`` means: another tool's key (FOREIGN_KEYS) — its leaf inside the right
+    section, its full path at the top — else the closest spelling."""
+    target = FOREIGN_KEYS.get(name, "")
+    if target and {"model", "method", "data", "train"} <= set(options):  # the recipe's top level
+        return f" Did you mean {target!r} ({name} in other tools)?"
+    if target and target.rpartition(".")[2] in options:
+        return f" Did you mean {target.rpartition('.')[2]!r}?"
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
 

@@ -193,9 +193,15 @@ def test_qlora_merge_warns_and_loads(qlora_run, probe, tmp_path):
 
     four_bit = _logits(load_run(qlora_run.run_dir).model.eval(), probe)
     full_precision = _logits(load_run(qlora_run.run_dir, quantized=False).model.eval(), probe)
-    gap, quant_error = (got - four_bit).abs().max().item(), (full_precision - four_bit).abs().max().item()
-    # folding B·A into de-quantized fp32 weights rounds differently from the two paths apart (seen: 6e-5
-    # on logits of magnitude ~10, as for LoRA); the 4-bit quantization error of the base is far larger
-    # (seen: 12 between the full-precision and the 4-bit base, both with the adapter)
-    torch.testing.assert_close(got, four_bit, atol=1e-3, rtol=1e-5)
-    assert quant_error > 10 * max(gap, 1e-3), (gap, quant_error)  # the tolerance tells the two apart
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    gap, quant_error = rel(got, four_bit), rel(full_precision, four_bit)
+    # folding B·A into de-quantized fp32 weights rounds differently from the 4-bit kernel, which
+    # bitsandbytes picks by CPU (seen: 6e-5 absolute on an AVX2 EPYC; 9e-3 relative L2, 0.4 absolute,
+    # on an AVX512-BF16/AMX Xeon); the 4-bit quantization error of the base is far larger (seen: 0.25 between the
+    # full-precision and the 4-bit base, both with the adapter)
+    assert gap < 2e-2, (gap, quant_error)
+    assert quant_error > 10 * gap, (gap, quant_error)  # the tolerance tells the two apart
+    assert (got.argmax(-1) == four_bit.argmax(-1)).float().mean() > 0.95

@@ -236,7 +236,7 @@ def test_merge(tiny_model_dir, method, arch, head):
     batch = make_batch(head)
     train_step(model, batch)
     expected = logits(model, batch)
-    if method not in MERGEABLE or (method == "bitfit" and arch in BITFIT_ADDED):
+    if method not in MERGEABLE or (method == "bitfit" and arch == "t5"):  # T5 has no config key for biases
         with pytest.raises(NotMergeable):
             m.merge(model)
         return

@@ -12,6 +12,10 @@ from rich.table import Table
 from ..errors import LeantuneError
 from .app import app, console, quiet_libraries, user_errors
 
+BASE_OPTION = typer.Option(None, "--base", metavar="MODEL",
+                           help="The run's base model (a folder, packaged name or hub id), when the run does "
+                                "not find it where it was trained.")
+
 
 def _print_summary(s) -> None:
     table = Table(title=f"run {s.name}", show_header=True)
@@ -44,6 +48,10 @@ def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: boo
     from ..recipe import load_recipe
     from ..run_dir import check_run_dir
 
+    if recipe_path is not None and raw is None and os.environ.get("RANK", "0") == "0":
+        from .recipes import print_translation
+
+        print_translation(recipe_path)  # a LLaMA-Factory or axolotl config: what it became, what did not map
     # everything the user wrote is checked before torch loads: errors in a second
     recipe = load_recipe(recipe_path, overrides, raw=raw)
     base_dir = recipe_path.parent if recipe_path else None
@@ -110,7 +118,8 @@ def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo
 
 @app.command("eval")
 @user_errors
-def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead.")):
+def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead."),
+             base: Optional[str] = BASE_OPTION):
     """Evaluate a finished run (loss and perplexity; accuracy and macro-F1 for cls)."""
     from ..run_dir import read_run_files
 
@@ -118,14 +127,15 @@ def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", 
     quiet_libraries()
     from ..pipeline import evaluate_run
 
-    metrics = evaluate_run(run_dir, data, say=lambda m: console.print(m))
+    metrics = evaluate_run(run_dir, data, say=lambda m: console.print(m), base=base)
     console.print_json(json.dumps(metrics))
 
 
 @app.command()
 @user_errors
 def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer once and exit."),
-         max_new_tokens: int = typer.Option(256, help="Longest answer in tokens.")):
+         max_new_tokens: int = typer.Option(256, help="Longest answer in tokens."),
+         base: Optional[str] = BASE_OPTION):
     """Talk to a trained model (interactive; --prompt answers once)."""
     from ..run_dir import read_run_files
 
@@ -134,7 +144,7 @@ def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", h
     from ..evaluation.generate import generate_answer
     from ..export.run_loading import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, base=base)
     if run.head not in ("causal_lm",):
         raise LeantuneError(f"{run_dir}: chat needs a generative (causal LM) run, this one is {run.head}")
     template = run.recipe.data.template
@@ -164,7 +174,8 @@ def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", h
 @user_errors
 def merge(run_dir: Path, out_dir: Path,
           force: bool = typer.Option(False, "--force", help="Replace an existing OUT_DIR (never the run, the "
-                                     "current folder, home or a parent of them).")):
+                                     "current folder, home or a parent of them)."),
+          base: Optional[str] = BASE_OPTION):
     """Fold the adapter into the base weights: a plain Hugging Face folder."""
     from ..atomic import check_output
     from ..run_dir import read_run_files
@@ -174,7 +185,7 @@ def merge(run_dir: Path, out_dir: Path,
     quiet_libraries()
     from ..export.merge import merge_run
 
-    out, notes = merge_run(run_dir, out_dir, force=force)
+    out, notes = merge_run(run_dir, out_dir, force=force, base=base)
     for note in notes:
         console.print(f"[yellow]warning:[/] {note}")
     console.print(f"merged model written to [bold]{out}[/]")

