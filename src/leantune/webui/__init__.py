@@ -1,0 +1,1 @@
+"""LeanBoard: the browser face of leantune (`leantune webui`)."""
