@@ -36,6 +36,8 @@ def model_argument(workspace: Workspace, text: str | None) -> str:
     """A model as the page passes it on: a folder (kept inside the workspace) or a packaged name
     or hub id, which read nothing from the workspace's disk."""
     text = (text or "").strip()
+    if not text:
+        return ""
     looks_like_path = text.startswith((".", "/", "~")) or (workspace.root / text).exists()
     return str(workspace.path(text, must_exist=True, what="model folder")) if looks_like_path else text
 

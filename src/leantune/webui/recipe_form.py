@@ -113,9 +113,10 @@ def apply_form(text: str, values: dict[str, Any]) -> str:
                 raw[section] = entry if len(entry) > 1 else entry.get("name")
             continue
         entry = dict(raw.get(section) or {})
+        default = Recipe.model_fields[section].get_default(call_default_factory=True).model_dump().get(key)
         if value is None:
             entry.pop(key, None)
-        else:
+        elif key in entry or value != default:  # a default the recipe leaves out stays out
             entry[key] = value
         if entry:
             raw[section] = entry

@@ -15,7 +15,7 @@ from ..guide.advisor import TASKS
 from ..guide.consult import consult
 from ..guide.gpus import GPUS
 from ..workflows.prove import candidates
-from .board import Board
+from .board import Board, model_argument
 from .progress import read_progress, run_row
 
 AUTO = "from the data"
@@ -23,16 +23,17 @@ NO_GPU = "none (memory budget)"
 RANK_COLUMNS = ["rank", "approach", "score", "estimated MB", "fits", "why"]
 
 
-def _consult(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None):
+def _consult(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None, model: str | None):
     path = board.workspace.path(data or "", must_exist=True, what="data file")
     return path, consult(path, task=None if task == AUTO else task, memory=memory or "24GB",
                          gpu=None if gpu in (None, "", NO_GPU) else gpu, time_h=hours or None,
-                         data=board.workspace.rel(path))
+                         model=model_argument(board.workspace, model) or None, data=board.workspace.rel(path))
 
 
-def ranking(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None) -> tuple[str, pd.DataFrame]:
+def ranking(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None,
+            model: str | None = None) -> tuple[str, pd.DataFrame]:
     """(what the advisor read and assumed, the ranking table)."""
-    path, c = _consult(board, data, task, memory, gpu, hours)
+    path, c = _consult(board, data, task, memory, gpu, hours, model)
     rows = [[r["rank"], r["approach"] + (f" on {r['model']}" if r["model"] else ""), r["score"],
              "" if r["memory_mb"] is None else f"{r['memory_mb']:,.0f}",
              {True: "yes", False: "over budget", None: ""}[r["fits"]],
@@ -40,7 +41,7 @@ def ranking(board: Board, data: str, task: str, memory: str, gpu: str, hours: fl
     facts = [line.replace(str(path), board.workspace.rel(path)) for line in c.facts_lines]
     text = "\n\n".join([*facts, f"_{c.header}_", *(f"note: {n}" for n in c.notes),
                         *([f"left out (cannot run here): {'; '.join(c.dropped)}"] if c.dropped else [])])
-    return text, pd.DataFrame(rows, columns=RANK_COLUMNS)
+    return text.replace(f"{board.workspace.root}/", ""), pd.DataFrame(rows, columns=RANK_COLUMNS)
 
 
 def prove_folder(board: Board, data: str) -> Path:
@@ -51,9 +52,9 @@ def _candidates_file(board: Board, out: Path) -> Path:
     return board.workspace.root / ".leantune-webui" / "proofs" / f"{out.name}.json"
 
 
-def start_prove(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None, top: int,
-                minutes: float | None) -> str:
-    path, c = _consult(board, data, task, memory, gpu, hours)
+def start_prove(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None,
+                model: str | None, top: int, minutes: float | None) -> str:
+    path, c = _consult(board, data, task, memory, gpu, hours, model)
     out = prove_folder(board, data)
     picked = [a.approach for a in candidates(c.ranking.advice, int(top or 3))]
     args = ["advise", str(path), "--prove", "--out", str(out), "--top", str(int(top or 3)),
@@ -61,6 +62,7 @@ def start_prove(board: Board, data: str, task: str, memory: str, gpu: str, hours
     args += [] if task == AUTO else ["--task", task]
     args += [] if gpu in (None, "", NO_GPU) else ["--gpu", gpu]
     args += ["--time", str(hours)] if hours else []
+    args += ["--model", model_argument(board.workspace, model)] if model else []
     args += ["--budget-minutes", str(minutes)] if minutes else []
     board.jobs.launch(out, args, cwd=board.workspace.root, log_name=f"advise-{path.stem}")
     atomic_write_text(_candidates_file(board, out), json.dumps(picked))
@@ -77,6 +79,7 @@ def prove_table(board: Board, data: str) -> tuple[str, pd.DataFrame]:
     for approach in json.loads(_candidates_file(board, out).read_text(encoding="utf-8")):
         run_dir = out / "runs" / approach
         row = run_row(run_dir, read_progress(run_dir, job if (run_dir / "run.json").is_file() else None))
+        row["model"] = str(row["model"]).replace(f"{board.workspace.root}/", "")
         rows.append({"approach": approach, **{k: v for k, v in row.items() if k not in ("name", "method")}})
     state = "running" if job.alive() else f"ended (exit {board.jobs.exit_code(out)})"
     text = f"`leantune advise --prove` {state} · folder {board.workspace.rel(out)}"
@@ -97,6 +100,8 @@ def build(board: Board) -> gr.Dropdown:
             memory = gr.Textbox("24GB", label="Memory budget", elem_id="advise-memory")
             gpu = gr.Dropdown([NO_GPU, *GPUS], value=NO_GPU, label="…or a GPU", elem_id="advise-gpu")
             hours = gr.Number(None, label="Time budget (hours, optional)", elem_id="advise-hours")
+            model = gr.Textbox(label="Model (empty: the advisor's choice)", elem_id="advise-model",
+                               placeholder="smollm2-135m, minilm-l6, a hub id or a folder in the workspace")
             go = gr.Button("Advise", variant="primary", elem_id="advise-go")
         with gr.Column(scale=3):
             facts = gr.Markdown(elem_id="advise-facts")
@@ -108,7 +113,7 @@ def build(board: Board) -> gr.Dropdown:
     prove_text = gr.Markdown(elem_id="prove-status")
     prove_rows = gr.Dataframe(label="Proof (fills in as candidates train)", interactive=False,
                               elem_id="prove-table")
-    form = [data, task, memory, gpu, hours]
+    form = [data, task, memory, gpu, hours, model]
 
     def on_advise(*vals):
         try:

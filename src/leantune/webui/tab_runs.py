@@ -24,6 +24,15 @@ def runs_table(board: Board) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+DECIMALS = {"metric": 4, "wall_time_s": 1, "tokens_per_s": 0, "peak_memory_mb": 0, "estimate_mb": 0}
+
+
+def _rounded(key: str, value):
+    if key not in DECIMALS or not isinstance(value, (int, float)):
+        return value
+    return round(value, DECIMALS[key]) if DECIMALS[key] else int(round(value))
+
+
 def comparison_folder(board: Board, runs: list[str]) -> Path:
     name = "-vs-".join(Path(r).name for r in runs)[:120]
     return board.workspace.root / "comparisons" / name
@@ -36,7 +45,7 @@ def compare(board: Board, runs: list[str]) -> tuple[str, pd.DataFrame, list[str]
     run_dirs = [board.workspace.path(r, must_exist=True, what="run") for r in runs]
     out = comparison_folder(board, runs)
     result = compare_runs(run_dirs, out)
-    table = pd.DataFrame([{k: r.get(k) for k in COMPARE_COLUMNS} for r in result.rows])
+    table = pd.DataFrame([{k: _rounded(k, r.get(k)) for k in COMPARE_COLUMNS} for r in result.rows])
     table = table.rename(columns={"metric": result.metric or "metric"})
     heading = (f"compared on **{result.metric or 'no common metric'}** · table and charts in "
                f"{board.workspace.rel(out)}/compare.md")
