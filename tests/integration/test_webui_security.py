@@ -37,7 +37,7 @@ def test_an_open_address_without_a_password_does_not_start(tmp_path):
     assert proc.returncode == 2
     message = " ".join((proc.stdout + proc.stderr).split())
     assert "--host 0.0.0.0" in message and "--auth USER:PASSWORD" in message and "Traceback" not in message
-    assert time.monotonic() - started < 30  # refused before the page loads anything
+    assert time.monotonic() - started < 10  # refused before the page (gradio, torch) loads
     proc = webui("--auth", "nopassword", "--workspace", str(tmp_path))
     assert proc.returncode == 2 and "USER:PASSWORD" in proc.stdout + proc.stderr
 

@@ -1,6 +1,7 @@
 """`leantune webui`: LeanBoard, the whole workflow in a browser (webui/)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,11 +20,12 @@ def webui(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
           auth: Optional[str] = typer.Option(None, "--auth", envvar="LEANTUNE_WEBUI_AUTH",
                                              help="USER:PASSWORD asked by the page (required off the loopback).")):
     """LeanBoard: data check, advice, training, comparison, chat and export in the browser."""
-    from ..webui.app import check_exposure, parse_auth
+    from ..webui.access import check_exposure, parse_auth
 
     credentials = parse_auth(auth)
     check_exposure(host, credentials)  # before anything loads: a refusal takes a second
     quiet_libraries()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page reports nothing to anyone
     from ..webui.app import serve
     from ..webui.workspace import Workspace
 
