@@ -9,6 +9,7 @@ several K and seeds are in ``leantune.workflows.learning_curve``.
 """
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Callable
@@ -40,6 +41,19 @@ def sample_shots(examples: list[dict], k: int, seed: int, label_key: str = "labe
     rng.shuffle(chosen)
     taken = set(chosen)
     return [examples[i] for i in chosen], [e for i, e in enumerate(examples) if i not in taken]
+
+
+def take_fraction(examples: list[dict], fraction: float | None, seed: int,
+                  say: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """``data.fraction``: the first ⌈fraction·n⌉ of one ``seed`` permutation, in file order — so for
+    one seed a smaller fraction's examples are all inside a larger one's (learning curves)."""
+    if fraction is None:
+        return examples
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[: max(1, math.ceil(round(fraction * len(examples), 9)))])
+    say(f"data.fraction={fraction:g}: {len(keep)} of {len(examples)} training example(s) (seed {seed})")
+    return [examples[i] for i in keep]
 
 
 def strip_labels(examples: list[dict]) -> list[dict]:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..errors import LeantuneError, RecipeError
 from ..recipe import Recipe
-from .fewshot import few_shot_data
+from .fewshot import few_shot_data, take_fraction
 from .formats import FORMATS, load_examples
 from .paths import resolve_data_path
 
@@ -26,8 +26,10 @@ def load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str],
 def default_load_data(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):
     """(train, eval) examples; with data.shots/data.unlabeled, few-shot sampling (data/fewshot.py)."""
     if recipe.data.shots is None and recipe.data.unlabeled is None:
-        return load_labelled(recipe, stage, base_dir, say)
-    return few_shot_data(recipe, stage, base_dir, say, load_labelled)
+        train, evals = load_labelled(recipe, stage, base_dir, say)
+    else:
+        train, evals = few_shot_data(recipe, stage, base_dir, say, load_labelled)
+    return take_fraction(train, recipe.data.fraction, recipe.train.seed, say), evals
 
 
 def load_labelled(recipe: Recipe, stage, base_dir: Path | None, say: Callable[[str], None]):

@@ -50,6 +50,8 @@ class DataSection(Section):
                               "unlabelled formats), chosen with train.seed; 0 = zero-shot.")
     unlabeled: str | None = Field(None, description="Unlabelled pool: `keep` (the training examples not taken "
                                   "by `shots`, labels dropped) or a file of rows with `text`.")
+    fraction: float | None = Field(None, gt=0, le=1, description="Train on the first ⌈fraction·n⌉ training "
+                                   "examples of one train.seed shuffle (nested across fractions; learning curves).")
 
 
 class AdversarialSection(Section):

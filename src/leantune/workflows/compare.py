@@ -107,14 +107,20 @@ def row_of(name: str, s: dict, metric: str | None) -> dict:
 
 
 def check_compare_dir(out_dir: Path) -> None:
-    """``--out`` is a new or empty folder, or one an earlier compare wrote (it resumes there);
-    never a folder of the user's own files, nor the current folder, home or a parent of them."""
+    """``--out`` is a new or empty folder, or one an earlier compare wrote (it resumes there)."""
+    check_resumable_dir(out_dir, "compare.json", "comparison")
+
+
+def check_resumable_dir(out_dir: Path, marker: str, what: str) -> None:
+    """An output folder that is new, empty, or written earlier by the same command (``marker`` or
+    ``runs/`` in it: that command resumes there); never a folder of the user's own files, nor the
+    current folder, home or a parent of them."""
     out_dir = Path(out_dir)
-    ours = (out_dir / "compare.json").is_file() or (out_dir / "runs").is_dir()
+    ours = (out_dir / marker).is_file() or (out_dir / "runs").is_dir()
     try:
-        check_output(out_dir, force=ours, what="comparison")
+        check_output(out_dir, force=ours, what=what)
     except OutputExists:
-        raise OutputExists(f"{out_dir}: the folder has files of its own and is not an earlier comparison's "
+        raise OutputExists(f"{out_dir}: the folder has files of its own and is not an earlier {what}'s "
                            f"output; choose a new --out folder") from None
 
 
