@@ -100,11 +100,14 @@ class Jobs:
         self._children: dict[str, subprocess.Popen] = {}  # started by this server: reaped here
         self._lock = threading.Lock()
 
-    def start(self, recipe: Path, run_dir: Path, resume: bool = False) -> Job:
-        """``leantune train RECIPE [--resume]`` in the recipe's folder, writing ``run_dir``."""
+    def start(self, recipe: Path, run_dir: Path, resume: bool = False, cwd: Path | None = None,
+              nproc: int = 1) -> Job:
+        """``leantune train RECIPE [--nproc N] [--resume]`` in ``cwd`` (default: the recipe's folder),
+        writing ``run_dir``."""
         recipe = Path(recipe).resolve()
-        args = ["train", str(recipe), *(["--resume"] if resume else [])]
-        return self.launch(run_dir, args, recipe.parent, Path(run_dir).name)
+        args = ["train", str(recipe), *(["--nproc", str(nproc)] if nproc > 1 else []),
+                *(["--resume"] if resume else [])]
+        return self.launch(run_dir, args, cwd or recipe.parent, Path(run_dir).name)
 
     def launch(self, target_dir: Path, args: list[str], cwd: Path, log_name: str) -> Job:
         """``python -m leantune ARGS`` in ``cwd``, detached, logged to ``logs/<log_name>-<key>.log``;

@@ -56,8 +56,7 @@ def start(board: Board, text: str, processes: int | None) -> str:
     run_dir = run_path(_absolute_output(board, recipe))
     check_run_dir(_absolute_output(board, recipe), resume=False)
     path = save_recipe(target, text)
-    nproc = ["--nproc", str(int(processes))] if processes and int(processes) > 1 else []
-    board.jobs.launch(run_dir, ["train", str(path), *nproc], cwd=board.workspace.root, log_name=run_dir.name)
+    board.jobs.start(path, run_dir, cwd=board.workspace.root, nproc=int(processes or 1))
     return board.workspace.rel(run_dir)
 
 
@@ -65,8 +64,7 @@ def resume(board: Board, run: str) -> str:
     run_dir = board.workspace.path(run, must_exist=True, what="run")
     job = board.jobs.get(run_dir)
     recipe = next((a for a in (job.args if job else [])[1:] if a.endswith((".yaml", ".yml"))), None)
-    recipe = recipe or str(run_dir / "recipe.yaml")
-    board.jobs.launch(run_dir, ["train", recipe, "--resume"], cwd=board.workspace.root, log_name=run_dir.name)
+    board.jobs.start(Path(recipe or run_dir / "recipe.yaml"), run_dir, resume=True, cwd=board.workspace.root)
     return run
 
 
