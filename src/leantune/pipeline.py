@@ -15,17 +15,20 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_dir, atomic_write_text
+from .atomic import atomic_dir, atomic_write_text, check_output
 from .data.formats import FORMATS, load_examples
 from .data.loading import load_data
 from .errors import LeantuneError, RecipeError
+from .evaluation.forgetting import forgetting_probe
 from .evaluation.generate import generate_answers
+from .evaluation.generation_eval import check_ranking_metric, generation_eval, ranking_metric, write_predictions
 from .export.run_loading import load_run
 from .export.ship import ship_folder
 from .guide.estimate import estimate_recipe, feature_stats
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .models.reference import record_base
+from .prompting.documentation import CORPUS_KEY, Documentation, documentation_for, documentation_of_run
 from .recipe import Recipe
 from .report.run_report import write_report
 from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
@@ -63,6 +66,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     estimate_mb: float | None = None     # peak memory estimated before training (guide/estimate.py)
     estimate: dict | None = None         # its components and inputs
+    metric: str | None = None            # what compare and advise --prove rank by (eval.metric)
+    generation: dict | None = None       # eval.metrics: the metrics and the examples answered
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +123,12 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
     config = load_config(model_path, recipe.model.trust_remote_code)
     stage.head_name = stage.head(config.model_type, config.is_encoder_decoder)
+    docs = documentation_for(recipe, base_dir)
+    if docs is not None:
+        train_examples, eval_examples = _with_documentation(docs, recipe, stage, tokenizer, train_examples,
+                                                            eval_examples, say)
     data = stage.prepare(recipe, tokenizer, train_examples, eval_examples)
+    gen = generation_eval(recipe, stage, eval_examples, base_dir)  # eval.metrics, checked before training
     stage.place(runtime.device)
     tok = data.info.get("tokenize", {})
     if tok.get("truncated"):
@@ -127,6 +137,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
 
     estimate = _estimate_before(recipe, config, stage, data, say) if stage.trains else None
+    forgetting = (forgetting_probe(recipe.eval.forgetting, tokenizer, base_dir, stage.head_name)
+                  if stage.trains else None)  # eval.forgetting: files read before the model loads
     model = load_model(model_path, stage.head_name, _model_dtype(recipe, runtime), recipe.model.trust_remote_code,
                        _load_kwargs(method, runtime), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
     model = move_to_device(model, runtime.device)
@@ -139,8 +151,19 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if recipe.eval.before and data.eval and evaluates:
         say("evaluating the base model …")
         before = stage.evaluate(model, data.eval, eval_bs)
+    rows_before: list[dict] = []
+    if gen and recipe.eval.before and evaluates:
+        say(f"answering {len(gen.items)} held-out examples for eval.metrics …")
+        scores, rows_before = gen.run(model, tokenizer)
+        before = {**(before or {}), **scores}
+    if forgetting is not None and recipe.eval.before and evaluates:
+        say("forgetting probe on the base model …")
+        before = {**(before or {}), **forgetting.measure(model, eval_bs)}
+    check_ranking_metric(recipe, before or {})
+    ask = _asking(docs, recipe, tokenizer)
     if prompts and evaluates:
-        answers_before = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens)
+        answers_before = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens,
+                                          prepare=ask)
 
     method.set_total_steps(count_total_steps(len(data.train), recipe.train, runtime.world_size))
     model = method.apply(model, stage.head_name)
@@ -155,6 +178,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                     "head": stage.head_name, "labels": data.labels, "device": str(runtime.device),
                     "precision": runtime.precision, "strategy": runtime.strategy, "processes": runtime.world_size,
                     "effective_batch": effective}
+            if docs is not None:
+                meta[CORPUS_KEY] = str(docs.path.resolve())
             atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
             atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         runtime.barrier()  # rank 0 has created the run directory
@@ -173,7 +198,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
             precision = stage.precision
         else:
             engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
-                            evaluate=(lambda m: stage.evaluate(m, data.eval, eval_bs)) if data.eval else None,
+                            evaluate=(lambda m: {**stage.evaluate(m, data.eval, eval_bs),
+                                                 **(gen.run(m, tokenizer)[0] if gen else {})}) if data.eval else None,
                             after_optimizer_step=method.after_optimizer_step, progress=progress,
                             param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
             result = engine.fit(resume=resume)
@@ -186,8 +212,14 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                     tokenizer.save_pretrained(tmp)
                     ship_folder(tmp, tokenizer, recipe, stage.head_name, merged=False, run_dir=run_dir)
         after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
-        answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template,
-                                         recipe.eval.max_new_tokens) if prompts and evaluates else []
+        rows_after: list[dict] = []
+        if gen and evaluates:
+            scores, rows_after = gen.run(model, tokenizer)
+            after = {**after, **scores}
+        if forgetting is not None and evaluates:
+            after = {**after, **forgetting.measure(model, eval_bs)}
+        answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens,
+                                         prepare=ask) if prompts and evaluates else []
         if not runtime.is_main:  # the files are rank 0's
             return RunSummary(name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name,
                               method="+".join(m["name"] for m in recipe.method), stage=stage.name,
@@ -205,13 +237,40 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                                                                   answers_after)),
             history=result.history,
             estimate_mb=estimate["total_mb"] if estimate else None, estimate=estimate,
+            metric=ranking_metric(recipe, after, gen), generation=gen.describe() if gen else None,
         )
+        if gen:
+            write_predictions(run_dir / "predictions.jsonl", rows_after)
+            if rows_before:
+                write_predictions(run_dir / "predictions_before.jsonl", rows_before)
         write_report(run_dir, summary.as_dict())
         if details := getattr(stage, "eval_details", None):  # e.g. continual's accuracy matrix
             written = json.loads((run_dir / "eval.json").read_text())
             atomic_write_text(run_dir / "eval.json", json.dumps({**written, **details}, indent=2, default=str))
         atomic_write_text(run_dir / FINISHED_MARK, json.dumps(summary.as_dict(), indent=2))
         return summary
+
+
+def _with_documentation(docs: Documentation, recipe: Recipe, stage, tokenizer, train_examples, eval_examples,
+                        say: Callable[[str], None]):
+    """data.retrieval: the passages for each instruction added to the training and evaluation examples."""
+    if "chat" not in stage.data_kinds:
+        raise RecipeError(f"data.retrieval: stage {stage.name} does not read instructions; documentation is added "
+                          f"to chat data (stage sft)")
+    args = (tokenizer, recipe.data.template, recipe.train.max_length)
+    train_examples, eval_examples = docs.for_training(train_examples, *args), docs.for_training(eval_examples, *args)
+    section = recipe.data.retrieval
+    say(f"data.retrieval: top {section.k} of {len(docs.passages)} passages ({section.retriever}) from {docs.path} "
+        f"added to each instruction")
+    return train_examples, eval_examples
+
+
+def _asking(docs: Documentation | None, recipe: Recipe, tokenizer) -> Callable[[list[dict]], list[dict]] | None:
+    """How a conversation is put to the model: with its documentation passages when the recipe retrieves."""
+    if docs is None:
+        return None
+    return lambda messages: docs.for_prompt(messages, tokenizer, recipe.data.template, recipe.train.max_length,
+                                            recipe.eval.max_new_tokens)
 
 
 def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], None]) -> dict | None:
@@ -261,14 +320,18 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
 
 
 def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], None] = lambda s: None,
-                 base: str | Path | None = None) -> dict:
+                 base: str | Path | None = None, corpus: str | Path | None = None, metrics: list[str] | None = None,
+                 out: Path | None = None, force: bool = False) -> dict:
     """The metrics of a finished run on its recipe's evaluation data, or on ``data`` (a file in
     a format the run's stage reads): the stage that trained it evaluates, with the run's head,
-    label order and what it trained beside the method (``Stage.restore``, ``Stage.load_extra``)."""
+    label order and what it trained beside the method (``Stage.restore``, ``Stage.load_extra``).
+    With ``metrics`` (else the recipe's eval.metrics) also the generation metrics, the answers written
+    to ``out`` (default: the run's predictions.jsonl, replaced only with ``force``)."""
     run = load_run(run_dir, base=base)
     recipe = run.recipe
     stage = build_stage(recipe.stage)
     stage.restore(run.head, run.labels)
+    docs = documentation_of_run(run_dir, recipe, corpus)  # data.retrieval: the documentation as it now reads
     if data is not None:  # only this file: the recorded train path may be relative to the recipe's folder
         loaded = load_examples(data, recipe.data.format, skip_invalid=recipe.data.skip_invalid)
         if FORMATS[loaded.format].kind not in stage.data_kinds:
@@ -276,8 +339,19 @@ def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], N
         eval_examples = loaded.examples
     else:
         _, eval_examples = load_data(recipe, stage, None, say)
+    if docs is not None:
+        eval_examples = docs.for_training(eval_examples, run.tokenizer, recipe.data.template, recipe.train.max_length)
+    gen = generation_eval(recipe, stage, eval_examples, Path.cwd(), metrics)  # user metrics: from this folder
+    target = Path(out) if out is not None else run.run_dir / "predictions.jsonl"
+    if gen is not None:
+        check_output(target, force=force, what="predictions file")
     prepared = stage.prepare(recipe, run.tokenizer, [], eval_examples)
     if not prepared.eval:
         raise LeantuneError(f"{run_dir}: no evaluation data (pass --data FILE)")
     stage.load_extra(run.model, run.run_dir / "adapter")
-    return stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
+    result = stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
+    if gen is not None:
+        scores, rows = gen.run(run.model, run.tokenizer)
+        say(f"answers to {len(rows)} of {gen.total} examples: {write_predictions(target, rows)}")
+        result = {**result, **scores}
+    return result

@@ -29,7 +29,7 @@ from leantune.training import checkpoint as checkpoint_mod
 from leantune.training.checkpoint import list_checkpoints
 from leantune.training.engine import Engine, TrainingDiverged, batch_plan
 from leantune.training.interrupt import TrainingInterrupted
-from leantune.training.losses import fast_path, causal_lm_loss, unwrap
+from leantune.training.losses import causal_lm_loss, fast_path, unwrap
 
 QA = [
     ("What is the capital of France?", "Paris."),
@@ -141,7 +141,9 @@ def test_group_by_length_reduces_padding():
     for epoch in range(2):
         plain = batch_plan(lengths, 8, seed=0, epoch=epoch, group_by_length=False)
         grouped = batch_plan(lengths, 8, seed=0, epoch=epoch, group_by_length=True)
-        assert padding(grouped, lengths) < 0.25 * padding(plain, lengths)
+        # windows of 4 batches: a batch is a length quartile of 32 random examples, ~0.27 of random's
+        # padding on uniform lengths (mega-batches of 50 reached ~0.02 but made batches that never changed)
+        assert padding(grouped, lengths) < 0.35 * padding(plain, lengths)
 
 
 # --------------------------------------------------------------------------- learning

@@ -97,8 +97,10 @@ def test_axolotl_lora_field_by_field():
     assert Path(recipe.output.dir) / recipe.output.name == Path(src["output_dir"])
     translation = _translate(AX_LORA)
     assert translation.tool == "axolotl"
-    assert {"datasets[0]", "sample_packing", "special_tokens", "attn_implementation"} <= _unmapped_keys(translation)
+    assert {"datasets[0]", "eval_sample_packing", "special_tokens", "attn_implementation"} <= _unmapped_keys(
+        translation)
     assert not {"lora_model_dir", "wandb_project", "resume_from_checkpoint"} & _unmapped_keys(translation)  # null
+    assert t.packing is src["sample_packing"] is True and "sample_packing" not in _unmapped_keys(translation)
 
 
 def test_axolotl_dpo_and_target_linear():
@@ -109,6 +111,10 @@ def test_axolotl_dpo_and_target_linear():
     assert recipe.method[0]["name"] == "lora" and recipe.train.max_length == src["sequence_len"]
     unmapped = _unmapped_keys(_translate(AX_DPO))
     assert {"load_in_8bit", "chat_template", "model_type", "datasets[0]"} <= unmapped
+    assert src["sample_packing"] is False and not recipe.train.packing and "sample_packing" not in unmapped
+    packed_dpo = translate_foreign({**src, "sample_packing": True}, {}, AX_DPO)
+    assert "packing" not in packed_dpo.recipe.get("train", {})
+    assert any(line.startswith("sample_packing: True — ") and "stage dpo" in line for line in packed_dpo.unmapped)
 
 
 def test_llamafactory_dataset_info_resolves_local_files_and_formats(tmp_path, monkeypatch):
@@ -187,7 +193,7 @@ def test_convert_writes_a_recipe_that_loads_as_translated(tmp_path):
     result = runner.invoke(app, ["recipe", "convert", str(AX_LORA), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "is written for axolotl; as a leantune recipe it reads:" in result.output
-    assert "not translated" in result.output and "sample_packing" in result.output
+    assert "not translated" in result.output and "eval_sample_packing" in result.output
     written = yaml.safe_load(out.read_text())
     assert "base_model" not in written and written["method"]["r"] == 16
     assert load_recipe(out).model_dump() == load_recipe(AX_LORA).model_dump()

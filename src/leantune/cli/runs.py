@@ -15,6 +15,9 @@ from .app import app, console, quiet_libraries, user_errors
 BASE_OPTION = typer.Option(None, "--base", metavar="MODEL",
                            help="The run's base model (a folder, packaged name or hub id), when the run does "
                                 "not find it where it was trained.")
+CORPUS_OPTION = typer.Option(None, "--corpus", metavar="PATH",
+                             help="Documentation to retrieve from (runs trained with data.retrieval): e.g. newer "
+                                  "docs; default: the corpus the run trained with.")
 
 
 def _print_summary(s) -> None:
@@ -43,7 +46,7 @@ def _print_summary(s) -> None:
 
 def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: bool, raw: dict | None = None,
                   launch: dict | None = None) -> None:
-    from ..data.paths import check_data_files
+    from ..data.paths import check_data_files, resolve_data_path
     from ..models.safety import check_model_folder
     from ..recipe import load_recipe
     from ..run_dir import check_run_dir
@@ -61,6 +64,10 @@ def _run_training(recipe_path: Optional[Path], overrides: list[str], resume: boo
         check_model_folder(model_dir, recipe.model.trust_remote_code)
     d = recipe.data
     check_data_files(d.train, d.eval, d.format, d.skip_invalid, base_dir)
+    if d.retrieval is not None:  # a missing or empty corpus is said before the model loads
+        from ..data.retrieval import load_corpus
+
+        load_corpus(resolve_data_path(d.retrieval.corpus, base_dir))
     from . import launch as launcher
 
     if launch is not None and not launcher.under_launcher():
@@ -119,23 +126,91 @@ def demo(overrides: list[str] = typer.Argument(None, help="Overrides of the demo
 @app.command("eval")
 @user_errors
 def evaluate(run_dir: Path, data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file instead."),
-             base: Optional[str] = BASE_OPTION):
-    """Evaluate a finished run (loss and perplexity; accuracy and macro-F1 for cls)."""
+             base: Optional[str] = BASE_OPTION, corpus: Optional[Path] = CORPUS_OPTION,
+             metrics: Optional[str] = typer.Option(None, "--metrics", metavar="NAMES",
+                                                   help="Generation metrics, comma-separated (rouge_l, bleu, "
+                                                        "exact_match, contains, json_valid, module:function); "
+                                                        "default: the recipe's eval.metrics."),
+             out: Optional[Path] = typer.Option(None, "--out", help="Write the answers here (default: the run's "
+                                                "predictions.jsonl; --harness: its results, default harness.json)."),
+             force: bool = typer.Option(False, "--force", help="Replace an existing predictions (or harness) file."),
+             harness: Optional[str] = typer.Option(None, "--harness", metavar="TASKS",
+                                                   help="lm-evaluation-harness tasks, comma-separated (e.g. "
+                                                        "arc_easy,hellaswag), run offline on the run's model "
+                                                        "(pip install 'leantune[harness]')."),
+             harness_include: Optional[Path] = typer.Option(None, "--harness-include", metavar="DIR",
+                                                            help="--harness: a folder of lm-eval task YAMLs (e.g. "
+                                                                 "over local data files)."),
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--harness: at most N examples per "
+                                                 "task (a quick look, not a figure to report).")):
+    """Evaluate a finished run (loss and perplexity; accuracy and macro-F1 for cls; eval.metrics on answers)."""
+    from pydantic import ValidationError
+
+    from ..atomic import check_output
+    from ..recipe import EvalSection
     from ..run_dir import read_run_files
 
     read_run_files(run_dir)
+    if harness is not None:
+        _harness(run_dir, harness, harness_include, limit, base, out, force, data is not None or metrics is not None)
+        return
+    if harness_include is not None or limit is not None:
+        raise LeantuneError("--harness-include and --limit go with --harness TASKS")
+    names = None
+    if metrics is not None:
+        names = [n.strip() for n in metrics.split(",") if n.strip()]
+        if not names:
+            raise LeantuneError("--metrics: name at least one metric, e.g. --metrics rouge_l,exact_match")
+        try:
+            EvalSection(metrics=names)
+        except ValidationError as err:
+            raise LeantuneError(f"--metrics {metrics}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") \
+                from None
+        check_output(out or run_dir / "predictions.jsonl", force=force, what="predictions file")
     quiet_libraries()
     from ..pipeline import evaluate_run
 
-    metrics = evaluate_run(run_dir, data, say=lambda m: console.print(m), base=base)
+    metrics = evaluate_run(run_dir, data, say=lambda m: console.print(m), base=base, corpus=corpus, metrics=names,
+                           out=out, force=force)
     console.print_json(json.dumps(metrics))
+
+
+def _harness(run_dir: Path, tasks: str, include: Optional[Path], limit: Optional[int], base: Optional[str],
+             out: Optional[Path], force: bool, other: bool) -> None:
+    """``leantune eval RUN --harness TASKS``: lm-eval's table printed, its results to harness.json."""
+    from ..atomic import atomic_write_text, check_output
+    from ..evaluation.harness import HARNESS_FILE
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise LeantuneError("--harness: name at least one lm-eval task, e.g. --harness arc_easy")
+    if other:
+        raise LeantuneError("--harness runs lm-eval's own tasks and data; use --data and --metrics in a separate "
+                            "leantune eval")
+    target = out or run_dir / HARNESS_FILE
+    check_output(target, force=force, what="harness results")
+    quiet_libraries()
+    from ..evaluation.harness import harness_model, prepare_tasks, result_rows, run_harness
+    from ..export.run_loading import load_run
+
+    prepared = prepare_tasks(names, include)
+    run = load_run(run_dir, base=base)
+    results = run_harness(harness_model(run), run.tokenizer, prepared, limit, run.recipe.eval.batch_size)
+    atomic_write_text(target, json.dumps(results, indent=2, ensure_ascii=False))
+    table = Table(title=f"lm-evaluation-harness on {run_dir}{f' (--limit {limit})' if limit else ''}")
+    for column in ("task", "metric", "value", "± stderr"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, metric, value, stderr in result_rows(results):
+        table.add_row(task, metric, f"{value:.4f}", "" if stderr is None else f"{stderr:.4f}")
+    console.print(table)
+    console.print(f"results: [bold]{target}[/]", highlight=False)
 
 
 @app.command()
 @user_errors
 def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer once and exit."),
          max_new_tokens: int = typer.Option(256, help="Longest answer in tokens."),
-         base: Optional[str] = BASE_OPTION):
+         base: Optional[str] = BASE_OPTION, corpus: Optional[Path] = CORPUS_OPTION):
     """Talk to a trained model (interactive; --prompt answers once)."""
     from ..run_dir import read_run_files
 
@@ -143,14 +218,21 @@ def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", h
     quiet_libraries()
     from ..evaluation.generate import generate_answer
     from ..export.run_loading import load_run
+    from ..prompting.documentation import documentation_of_run
 
     run = load_run(run_dir, base=base)
     if run.head not in ("causal_lm",):
         raise LeantuneError(f"{run_dir}: chat needs a generative (causal LM) run, this one is {run.head}")
     template = run.recipe.data.template
+    docs = documentation_of_run(run_dir, run.recipe, corpus)
+
+    def answer(history: list[dict]) -> str:  # the documentation goes to this turn only, as in training
+        if docs is not None:
+            history = docs.for_prompt(history, run.tokenizer, template, run.recipe.train.max_length, max_new_tokens)
+        return generate_answer(run.model, run.tokenizer, history, template, max_new_tokens)
+
     if prompt is not None:
-        console.print(generate_answer(run.model, run.tokenizer, [{"role": "user", "content": prompt}],
-                                      template, max_new_tokens), highlight=False)
+        console.print(answer([{"role": "user", "content": prompt}]), highlight=False)
         return
     history: list[dict] = []
     console.print("[dim]empty line or Ctrl-D to quit; /reset clears the history[/]")
@@ -165,9 +247,9 @@ def chat(run_dir: Path, prompt: Optional[str] = typer.Option(None, "--prompt", h
             history = []
             continue
         history.append({"role": "user", "content": line})
-        answer = generate_answer(run.model, run.tokenizer, history, template, max_new_tokens)
-        history.append({"role": "assistant", "content": answer})
-        console.print(f"[green]model>[/] {answer}", highlight=False)
+        reply = answer(history)
+        history.append({"role": "assistant", "content": reply})
+        console.print(f"[green]model>[/] {reply}", highlight=False)
 
 
 @app.command()

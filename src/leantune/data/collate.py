@@ -1,8 +1,9 @@
-"""Batching: dynamic padding to the longest sequence, labels padded with -100."""
+"""Batching: dynamic padding to the longest sequence, labels padded with -100; packed rows."""
 from __future__ import annotations
 
 import torch
 
+from .packing import SEGMENTS
 from .tokenize import IGNORE
 
 
@@ -31,6 +32,24 @@ def pad_batch(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         else:
             labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         batch["labels"] = labels
+    return batch
+
+
+def pad_packed(rows: list[dict], pad_id: int, one_row: bool = False) -> dict[str, torch.Tensor]:
+    """Packed rows (data/packing.py) as a batch with ``position_ids`` restarting at 0 in every
+    example; the padding after a shorter row is a segment of its own, without labels.
+    ``attention_mask`` marks real tokens (for counting; the loss passes none, so that the
+    model masks by segment). ``one_row``: the rows concatenated into a single row without
+    padding, the layout FlashAttention's variable-length kernels read."""
+    if one_row:
+        rows = [{key: [x for r in rows for x in r[key]] for key in ("input_ids", "labels", SEGMENTS)}]
+    batch = pad_batch(rows, pad_id)
+    positions = torch.zeros_like(batch["input_ids"])
+    longest = positions.shape[1]
+    for i, r in enumerate(rows):
+        spans = [*r[SEGMENTS], longest - len(r["input_ids"])]
+        positions[i] = torch.cat([torch.arange(n) for n in spans])
+    batch["position_ids"] = positions
     return batch
 
 

@@ -5,18 +5,24 @@ follows documentation that changed after training.
 
 A corpus is a folder of .md/.txt/.rst files, one such file, or a .jsonl of rows with
 ``text`` (and optionally ``source``); files are cut into passages at blank lines, merged up to
-``max_words``. BM25 (Robertson and Zaragoza 2009, through ``rank_bm25``) ranks them. The
+``max_words``. BM25 (Robertson and Zaragoza 2009, through ``rank_bm25``) or the cosine of
+sentence embeddings (dense retrieval, Karpukhin et al. 2020, arXiv:2004.04906) ranks them. The
 passages follow the instruction as Gorilla's retriever mode writes them ("Use this
 documentation for reference: …"), cut to what the token budget leaves once the instruction
 and the response are whole."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_file
 from ..errors import LeantuneError
 
 TEXT_SUFFIXES = (".md", ".txt", ".rst")
@@ -99,6 +105,36 @@ class Bm25Retriever:
 
     def search(self, query: str, k: int) -> list[Passage]:
         scores = self.index.get_scores(words(query))
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return [self.passages[i] for i in order[:k]]
+
+
+def corpus_key(passages: list[Passage], embedder: str) -> str:
+    """A name for the embeddings of these passages by this encoder (the on-disk cache's key)."""
+    digest = hashlib.sha256(embedder.encode())
+    for p in passages:
+        digest.update(b"\0" + p.source.encode() + b"\0" + p.text.encode())
+    return digest.hexdigest()[:24]
+
+
+class EmbeddingRetriever:
+    """The top-k passages by cosine similarity of L2-normalised sentence embeddings (``embed``:
+    texts → [n, d] tensor). The passages' embeddings are computed once and kept in ``cache`` (a
+    safetensors file named by :func:`corpus_key`), so later runs and chats skip the encoding."""
+
+    def __init__(self, passages: list[Passage], embed: Callable[[list[str]], torch.Tensor], cache: Path | None = None):
+        self.passages, self.embed = passages, embed
+        if cache is not None and cache.is_file():
+            self.vectors = load_file(str(cache))["vectors"]
+        else:
+            self.vectors = embed([p.text for p in passages]).float()
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(cache, force=True) as tmp:  # named by content: same bytes
+                    save_file({"vectors": self.vectors.contiguous()}, str(tmp))
+
+    def search(self, query: str, k: int) -> list[Passage]:
+        scores = (self.vectors @ self.embed([query]).float()[0]).tolist()
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         return [self.passages[i] for i in order[:k]]
 

@@ -6,20 +6,22 @@ from typing import Callable
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from ..training.modes import evaluating
+from .batching import inference, length_sorted
 
 
 def predict(model: nn.Module, features: list[dict], batch_size: int,
             collate: Callable[[list[dict]], dict]) -> tuple[list[int], list[int], float]:
+    """(predicted labels, gold labels) in the order of ``features`` and the mean loss; batches
+    of similar length, longest first."""
     device = next(model.parameters()).device
-    preds, golds, loss_sum = [], [], 0.0
-    with evaluating(model):
-        for s in range(0, len(features), batch_size):
-            batch = {k: v.to(device) for k, v in collate(features[s: s + batch_size]).items()}
+    preds, golds, loss_sum = [0] * len(features), [0] * len(features), 0.0
+    with inference(model):
+        for idx, chunk in length_sorted(features, batch_size):
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
             out = model(**batch)
-            loss_sum += float(out.loss) * len(batch["labels"])
-            preds += out.logits.argmax(-1).tolist()
-            golds += batch["labels"].tolist()
+            loss_sum += float(out.loss) * len(idx)
+            for i, p, g in zip(idx, out.logits.argmax(-1).tolist(), batch["labels"].tolist()):
+                preds[i], golds[i] = p, g
     return preds, golds, loss_sum / max(len(features), 1)
 
 

@@ -8,18 +8,19 @@ import torch
 from torch import nn
 
 from ..training.losses import causal_lm_token_losses, label_count, model_loss
-from ..training.modes import evaluating
+from .batching import inference, length_sorted
 
 
 def lm_loss_and_perplexity(model: nn.Module, features: list[dict], batch_size: int,
                            collate: Callable[[list[dict]], dict],
                            token_loss: Callable[[nn.Module, dict], tuple[torch.Tensor, int]]) -> dict[str, float]:
-    """Mean loss over every labelled token of ``features`` (not a mean of batch means)."""
+    """Mean loss over every labelled token of ``features`` (not a mean of batch means); batches
+    of similar length, longest first."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with evaluating(model):
-        for s in range(0, len(features), batch_size):
-            batch = {k: v.to(device) for k, v in collate(features[s: s + batch_size]).items()}
+    with inference(model):
+        for _, chunk in length_sorted(features, batch_size):
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
             loss_sum, n = token_loss(model, batch)
             total += float(loss_sum)
             count += n

@@ -15,6 +15,7 @@ of demonstrations) can share that prefix: :func:`prefix_cache` runs it once and
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -110,10 +111,36 @@ def logprobs_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         picked = hidden.gather(1, idx.expand(-1, -1, hidden.shape[-1]))
         logits = head(picked)
     else:
-        logits = model(attention_mask=attention_mask, **kwargs).logits
-        logits = logits[:, logits.shape[1] - L:]  # prompt-learning methods prepend virtual tokens
-        logits = logits.gather(1, idx.expand(-1, -1, logits.shape[-1]))
+        with _head_at(model, L, idx) as picked:
+            logits = model(attention_mask=attention_mask, **kwargs).logits
+        if not picked:  # the output head was not called as a module: pick from the full logits
+            logits = logits[:, logits.shape[1] - L:]  # prompt-learning methods prepend virtual tokens
+            logits = logits.gather(1, idx.expand(-1, -1, logits.shape[-1]))
     return F.log_softmax(logits.float(), dim=-1)
+
+
+@contextmanager
+def _head_at(model: nn.Module, length: int, idx: torch.Tensor):
+    """While inside, the model's output embedding layer sees only the hidden states at
+    ``idx`` [B, P, 1] (of the last ``length`` positions): a masked LM's vocabulary
+    projection runs at its mask positions only. Yields a list that is non-empty when it did."""
+    lm = unwrap(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    picked: list[bool] = []
+
+    def pick(module, args):
+        x = args[0]
+        if picked or x.dim() != 3 or x.shape[0] != idx.shape[0] or x.shape[1] < length:
+            return None
+        picked.append(True)
+        return (x[:, x.shape[1] - length:].gather(1, idx.expand(-1, -1, x.shape[-1])), *args[1:])
+
+    handle = head.register_forward_pre_hook(pick) if isinstance(head, nn.Module) else None
+    try:
+        yield picked
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def pad_words(words: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +189,9 @@ def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torc
     """Causal LM: [B, W, M] teacher-forced log-probs of each word after each prompt.
 
     With ``first`` scoring (or one-token words) one forward pass over the prompts suffices;
-    otherwise every (prompt, word) pair is one row of a single expanded batch.
+    otherwise the prompts run once and every word continues from their key/value cache
+    (:func:`cached_word_logprobs`). Prompt-learning methods, whose virtual tokens rule out
+    that cache, run every (prompt, word) pair as one row of a single expanded batch.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     last = batch["mask_positions"][:, :1]  # [B, 1] last prompt position
@@ -172,6 +201,8 @@ def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torc
         lp = logprobs_at(model, ids, mask, last, batch.get("soft_index"), soft, causal=True, past=past)[:, 0]
         first = lp[:, words[:, 0]]  # [B, W]
         return torch.cat([first.unsqueeze(-1), first.new_zeros(B, W, M - 1)], dim=-1)
+    if not uses_prompt_learning(model):
+        return cached_word_logprobs(model, batch, words, lengths, soft, past)
     soft_index = batch.get("soft_index")
     rows, soft_rows, pos_rows = [], [], []
     n = last[:, 0] + 1  # prompt lengths
@@ -192,6 +223,48 @@ def causal_token_logprobs(model, batch: dict, words: torch.Tensor, lengths: torc
         if si is not None:
             si[i, :len(r)] = soft_rows[i]
     lp = logprobs_at(model, x, am, torch.stack(pos_rows), si, soft, causal=True, past=past)  # [B*W, M, V]
+    targets = words.unsqueeze(0).expand(B, -1, -1).reshape(B * W, M, 1)
+    return lp.gather(-1, targets).squeeze(-1).view(B, W, M)
+
+
+def _causal_pass(model: nn.Module, cache: DynamicCache, attention_mask: torch.Tensor, **inputs):
+    """One forward of a causal LM that appends to ``cache``: hidden states and the output head
+    that turns them into logits (or the logits and the identity, without a fast path)."""
+    path = fast_path(unwrap(model))
+    net = path[0] if path is not None else model
+    out = net(attention_mask=attention_mask, past_key_values=cache, use_cache=True, **inputs)
+    if path is not None:
+        return out.last_hidden_state, path[1]
+    return out.logits, nn.Identity()
+
+
+def cached_word_logprobs(model, batch: dict, words: torch.Tensor, lengths: torch.Tensor,
+                         soft: SoftPrompt | None = None, past=None) -> torch.Tensor:
+    """Causal LM: [B, W, M] teacher-forced log-probs of each word after each prompt, with each
+    prompt run once. Its keys and values are repeated for the W words, whose tokens t1..t(M-1)
+    then run as one batch at the positions after the prompt's last real token (the prompts are
+    right-padded; the padding stays masked). Position j of word w reads the state after
+    t1..t(min(j, k_w - 1)) and scores token j of the padded word, as the expanded batch does."""
+    ids, mask, last = batch["input_ids"], batch["attention_mask"], batch["mask_positions"][:, 0]
+    B, L = ids.shape
+    W, M = words.shape
+    P = past[0][0].shape[2] if past is not None else 0
+    cache = _expand_past(past, B) if past is not None else DynamicCache(config=unwrap(model).config)
+    prompt_mask = torch.cat([mask.new_ones(B, P), mask], dim=1)
+    inputs = ({"inputs_embeds": _embed(model, ids, batch.get("soft_index"), soft)} if soft is not None
+              else {"input_ids": ids})
+    hidden, head = _causal_pass(model, cache, prompt_mask, **inputs)
+    first = hidden[:, hidden.shape[1] - L:][torch.arange(B, device=ids.device), last]  # [B, H] at the prompt end
+    cache.batch_repeat_interleave(W)  # row b * W + w
+    rest = words[:, :M - 1].repeat(B, 1)  # [B*W, M-1] t1..t(M-1)
+    positions = (P + last + 1).repeat_interleave(W).unsqueeze(1) + torch.arange(M - 1, device=ids.device)
+    cont_mask = torch.cat([prompt_mask.repeat_interleave(W, dim=0), mask.new_ones(B * W, M - 1)], dim=1)
+    cont, _ = _causal_pass(model, cache, cont_mask, input_ids=rest, position_ids=positions)
+    states = torch.cat([first.repeat_interleave(W, dim=0).unsqueeze(1), cont], dim=1)  # [B*W, M, H]
+    k = lengths.to(ids.device).repeat(B)
+    at = torch.arange(M, device=ids.device).unsqueeze(0).clamp(max=(k - 1).unsqueeze(1))  # [B*W, M]
+    picked = states.gather(1, at.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+    lp = F.log_softmax(head(picked).float(), dim=-1)
     targets = words.unsqueeze(0).expand(B, -1, -1).reshape(B * W, M, 1)
     return lp.gather(-1, targets).squeeze(-1).view(B, W, M)
 

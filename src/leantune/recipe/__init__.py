@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import RecipeError
 from ..validation import format_validation_error
-from ..yaml_source import MAX_NODES, Marks, expanded_size, read_yaml
+from ..yaml_source import MAX_NODES, Marks, expanded_size, locate, read_yaml
 from .foreign import translate_foreign
 from .method_settings import validate_method_settings
 from .stage_settings import validate_stage_settings
@@ -37,6 +37,18 @@ class ModelSection(Section):
     revision: str | None = None
 
 
+class RetrievalSection(Section):
+    """``data.retrieval``: documentation passages added to each instruction (Gorilla, arXiv:2305.15334)."""
+
+    corpus: str = Field(min_length=1, description="Folder of .md/.txt/.rst files, one such file, or a .jsonl of "
+                        "{text, source} rows (builtin:NAME for a shipped one); read again at inference, so "
+                        "changed documentation is used without retraining.")
+    k: int = Field(3, ge=1, le=50, description="Passages per instruction (fewer when they do not fit).")
+    retriever: Literal["bm25", "embeddings"] = Field("bm25", description="bm25: word overlap (Okapi BM25); "
+                                                     "embeddings: cosine of MiniLM sentence embeddings.")
+    embedder: str = Field("minilm-l6", min_length=1, description="retriever: embeddings: the sentence encoder.")
+
+
 class DataSection(Section):
     train: str | None = Field(None, description="Training file (.jsonl, .json, .csv, .parquet) or builtin:NAME.")
     eval: str | None = Field(None, description="Evaluation file; if absent, `eval_split` of train is held out.")
@@ -52,6 +64,9 @@ class DataSection(Section):
                                   "by `shots`, labels dropped) or a file of rows with `text`.")
     fraction: float | None = Field(None, gt=0, le=1, description="Train on the first ⌈fraction·n⌉ training "
                                    "examples of one train.seed shuffle (nested across fractions; learning curves).")
+    retrieval: RetrievalSection | None = Field(None, description="Retriever-aware instructions: {corpus, k, "
+                                               "retriever: bm25|embeddings}; the same retriever at evaluation, "
+                                               "chat and serve.")
 
 
 class AdversarialSection(Section):
@@ -102,7 +117,11 @@ class TrainSection(Section):
                                   "distributed.strategy: deepspeed.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
-    group_by_length: bool = True
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding): "
+                                  "sorted within windows of at most 4 batches, so batches stay mixed.")
+    packing: bool = Field(False, description="sft and pt on causal LMs: whole examples packed into rows of up to "
+                          "max_length tokens (first-fit decreasing), position ids restarting and attention kept "
+                          "within each example; no padding, the same loss as unpacked. batch_size counts rows.")
     logging_steps: int = Field(5, gt=0, le=10**9)
     eval_steps: int | None = Field(None, gt=0, le=10**9, description="Evaluate every N steps (and always at the end).")
     save_steps: int | None = Field(None, gt=0, le=10**9, description="Checkpoint every N steps.")
@@ -127,11 +146,61 @@ class TrainSection(Section):
         return v
 
 
+TEXT_METRICS = ("rouge_l", "bleu", "exact_match", "contains", "json_valid")  # evaluation/text_metrics.py
+_USER_METRIC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+class ForgettingSection(Section):
+    """``eval.forgetting``: the general text and multiple-choice probe scored before and after training."""
+
+    text: str | None = Field(None, min_length=1, description="General text: .txt (paragraphs) or .jsonl of "
+                             "{text}; default: the built-in sample of 20 Newsgroups posts and English dialog.")
+    probe: str | None = Field(None, min_length=1, description="Multiple-choice .jsonl of {question, options, "
+                              "answer}; default: builtin:probe/general_mc.jsonl (83 questions).")
+
+
 class EvalSection(Section):
     batch_size: int = Field(8, gt=0, le=2**20)
     max_new_tokens: int = Field(96, gt=0, le=2**20)
     prompts: list[str] = Field(default_factory=list, description="Prompts answered before and after training.")
     before: bool = Field(True, description="Also evaluate the untouched model before training.")
+    forgetting: ForgettingSection | None = Field(None, description="Causal LMs: general_perplexity and "
+                                                 "probe_accuracy before and after training (true: the built-in "
+                                                 "text and probe; {text: FILE, probe: FILE}: yours).")
+
+    @field_validator("forgetting", mode="before")
+    @classmethod
+    def _forgetting_switch(cls, v: Any) -> Any:
+        return {True: {}, False: None}.get(v, v) if isinstance(v, bool) else v
+    metrics: list[str] = Field(default_factory=list, description="Task metrics on greedy answers to the held-out "
+                               "conversations (generative stages): rouge_l, bleu, exact_match, contains, json_valid, "
+                               "or module:function (your own); empty: loss and perplexity only.")
+    max_generate: int = Field(200, gt=0, le=10**9, description="eval.metrics: answer the first N held-out examples.")
+    metric: str | None = Field(None, description="What compare and advise --prove rank runs by (default: the first "
+                               "of eval.metrics, else the stage's own: accuracy, loss…).")
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _one_metric(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in TEXT_METRICS and not _USER_METRIC.fullmatch(name):
+                raise ValueError(f"unknown metric {name!r}; available: {', '.join(TEXT_METRICS)}, or "
+                                 f"module:function for your own")
+        if len(set(v)) != len(v):
+            raise ValueError("names a metric twice")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_computed(cls, v: str | None, info) -> str | None:
+        if v in TEXT_METRICS and v not in (info.data.get("metrics") or []):
+            raise ValueError(f"{v} is not computed: add it to eval.metrics")
+        return v
 
 
 class OutputSection(Section):
@@ -261,7 +330,34 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
     recipe.method = validate_method_settings(recipe.method, source, [
         entry_marks(marks, raw.get("method"), i) for i in range(len(recipe.method))])
     recipe.stage = validate_stage_settings(recipe.stage, source, entry_marks(marks, raw.get("stage"), None))
+    check_packing(recipe, locate(marks, ("train", "packing")) or source)
     return recipe
+
+
+PACKED_STAGES = ("sft", "pt")
+# Methods that give each row virtual tokens or a key/value prefix (PEFT's past_key_values): in a packed
+# row only its first example would see them. UniPELT's prefix gate pools over the whole row.
+UNPACKABLE_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")
+
+
+def check_packing(recipe: Recipe, where: str) -> None:
+    """``train.packing`` only where packed rows give the unpacked loss: causal-LM sft and pt, and
+    methods that leave positions and attention alone."""
+    if not recipe.train.packing:
+        return
+    stage = recipe.stage["name"]
+    if stage not in PACKED_STAGES:
+        raise RecipeError(f"{where}: train.packing: stage {stage} does not pack examples (only "
+                          f"{' and '.join(PACKED_STAGES)} do); set train.packing: false")
+    for m in recipe.method:
+        if m["name"] in UNPACKABLE_METHODS:
+            raise RecipeError(f"{where}: train.packing: method {m['name']} prepends virtual tokens or a key/value "
+                              f"prefix, which only the first example of a packed row would see as its own; set "
+                              f"train.packing: false or use a method such as lora")
+        if m["name"] == "unipelt" and m.get("prefix_length"):
+            raise RecipeError(f"{where}: train.packing: method unipelt's prefix gate averages over the whole row, "
+                              f"so packed examples would share it; set method.prefix_length: 0 or train.packing: "
+                              f"false")
 
 
 def entry_marks(marks: Marks, value: Any, index: int | None) -> Marks:

@@ -35,14 +35,40 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
     return _save_chart(path, "loss", [(train, None, "train loss")] + ([(evals, "o-", "eval loss")] if evals else []))
 
 
-def plot_metrics(history: list[dict], path: Path) -> Path | None:
-    """Evaluation metrics other than the loss (accuracy, F1, perplexity…) against the step."""
+def plot_metrics(history: list[dict], path: Path, final: dict | None = None, step: int | None = None) -> Path | None:
+    """Evaluation metrics other than the loss (accuracy, F1, perplexity, eval.metrics…) against the
+    step, one panel each (their scales differ); ``final`` (the scores after training) at ``step`` ends each curve."""
     keys = sorted({k for r in history for k in r if k.startswith("eval_") and k != "eval_loss"
                    and isinstance(r[k], (int, float))})
     if not keys:
         return None
-    return _save_chart(path, "metric", [([(r["step"], r[k]) for r in history if k in r], "o-", k.removeprefix("eval_"))
-                                        for k in keys])
+    import matplotlib  # lazy: charts only; the import takes ~1 s
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: charts only; the import takes ~1 s
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.2 + 1.8 * len(keys)), dpi=110, sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        name = key.removeprefix("eval_")
+        pts = [(r["step"], r[key]) for r in history if key in r]
+        if final and step is not None and isinstance(final.get(name), (int, float)) and step > pts[-1][0]:
+            pts.append((step, final[name]))
+        ax.plot(*zip(*pts), "o-")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def generation_line(summary: dict) -> str | None:
+    """``- eval.metrics … on N of M held-out examples …`` or None."""
+    gen = summary.get("generation")
+    if not gen:
+        return None
+    cap = f" (eval.max_generate: {gen['max_generate']})" if gen.get("max_generate") else ""
+    return (f"- eval.metrics {', '.join(gen['metrics'])}: greedy answers to {gen['examples']} of {gen['held_out']} "
+            f"held-out examples{cap}; answers and per-example scores in predictions.jsonl")
 
 
 def estimate_line(summary: dict) -> str | None:
@@ -73,6 +99,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         f"- peak memory: {summary['peak_memory_mb']:.0f} MB ({summary['memory_kind']})",
         f"- training examples: {summary['train_examples']}; eval examples: {summary['eval_examples']}",
         *([line] if (line := estimate_line(summary)) else []),
+        *([line] if (line := generation_line(summary)) else []),
+        *([f"- ranked by (compare, advise --prove): {summary['metric']}"] if summary.get("metric") else []),
         "",
         "## Evaluation",
         "",
@@ -84,7 +112,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         lines.append(f"| {key} | {'' if b is None else f'{b:.4f}'} | {after[key]:.4f} |")
     if plot:
         lines += ["", "![loss](loss.png)"]
-    if plot_metrics(summary.get("history", []), run_dir / "metrics.png"):
+    if plot_metrics(summary.get("history", []), run_dir / "metrics.png", after, summary.get("steps")):
         lines += ["", "![metrics](metrics.png)"]
     for prompt, b, a in summary.get("samples", []):
         lines += ["", f"### {prompt}", "", "**before**", "", b or "_(empty)_", "", "**after**", "", a or "_(empty)_"]

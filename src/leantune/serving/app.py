@@ -165,9 +165,11 @@ def create_app(served: ServedModels, api_key: str | None = None, limits: Limits 
         known(body.model)
         entry = served.entries[body.model]
         template = resolve_template(served.tokenizer, entry.template)
+        messages = [m.as_template_message() for m in body.messages]
+        if entry.ask is not None:  # a run trained with data.retrieval reads its documentation
+            messages = entry.ask(messages, body.wanted_tokens() or limits.default_max_tokens)
         try:
-            text = render(served.tokenizer, [m.as_template_message() for m in body.messages], template,
-                          add_generation_prompt=True)
+            text = render(served.tokenizer, messages, template, add_generation_prompt=True)
         except TemplateError as exc:  # e.g. a template that wants user and assistant turns to alternate
             raise ApiError(400, f"messages: the chat template of {body.model!r} cannot render them: {exc}",
                            param="messages") from None

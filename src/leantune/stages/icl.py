@@ -19,6 +19,7 @@ from collections import Counter
 import torch
 
 from ..errors import RecipeError
+from ..evaluation.batching import inference, length_sorted
 from ..evaluation.classification import classification_metrics
 from ..prompting.calibration import calibrate, content_free_probs
 from ..prompting.demonstrations import cosine, example_text, get_embedder, order, render_demonstrations, select
@@ -26,7 +27,6 @@ from ..prompting.label_scoring import collate_prompts, prefix_cache, score_label
 from ..prompting.verbalizer import PRESETS, Verbalizer, label_description
 from ..recipe.stage_settings import ICLSettings
 from ..recipe.template import Template, truncate_text
-from ..training.modes import evaluating
 from .pet import check_labels, prompt_head
 from .registry import PreparedData, Stage, register
 
@@ -131,7 +131,7 @@ class ICL(Stage):
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model, features, batch_size) -> dict[str, float]:
         sims = self._similarities(features)
-        with evaluating(model):
+        with inference(model):
             if self.task == "generation":
                 return self._generate(model, features, sims)
             return self._classify(model, features, sims, batch_size)
@@ -154,14 +154,12 @@ class ICL(Stage):
             past = prefix_cache(model, torch.tensor([rows[0]["input_ids"][:cut]], device=device))
             rows = [{**r, "input_ids": r["input_ids"][cut:], "mask_positions": [p - cut for p in r["mask_positions"]]}
                     for r in rows]
-        out = []
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
+        scores = torch.empty(len(rows), len(self.verbalizer.labels))
+        for idx, chunk in length_sorted(rows, batch_size):  # similar lengths batched, longest first
             batch = {k: v.to(device) for k, v in collate_prompts(chunk, self.pad_id).items()}
-            out.append(score_labels(model, batch, self.words, self.lengths, self.verbalizer.word_label,
-                                    len(self.verbalizer.labels), causal=self.causal,
-                                    mode=self.verbalizer.mode, past=past).float().cpu())
-        scores = torch.cat(out)
+            scores[idx] = score_labels(model, batch, self.words, self.lengths, self.verbalizer.word_label,
+                                       len(self.verbalizer.labels), causal=self.causal,
+                                       mode=self.verbalizer.mode, past=past).float().cpu()
         if self.template.has_label:
             yes = self.answer.labels.index("yes")
             entail = scores.log_softmax(-1)[:, yes].view(len(queries), len(self.labels))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataValidationError, Problem, RecipeError
+from ..evaluation.batching import inference, length_sorted
 from ..evaluation.classification import classification_metrics
 from ..prompting.autoprompt import search_triggers
 from ..prompting.calibration import calibrate, content_free_probs
@@ -28,7 +29,6 @@ from ..prompting.label_scoring import SoftPrompt, collate_prompts, input_embeddi
 from ..prompting.verbalizer import Verbalizer, search_label_words
 from ..recipe.stage_settings import PETSettings
 from ..recipe.template import Template
-from ..training.modes import evaluating
 from .pt import ENCODERS
 from .registry import PreparedData, Stage, register
 
@@ -185,12 +185,12 @@ class PET(Stage):
 
     # ------------------------------------------------------------------ evaluation
     def template_probs(self, model, features, batch_size, temperature: float = 1.0) -> list[torch.Tensor]:
-        """Per template, [N examples, L] label probabilities (examples in ``idx`` order)."""
+        """Per template, [N examples, L] label probabilities (examples in ``idx`` order); batches
+        of similar length, longest first."""
         device = next(model.parameters()).device
         per: dict[int, dict[int, torch.Tensor]] = {t: {} for t in range(len(self.templates))}
-        with evaluating(model):
-            for s in range(0, len(features), batch_size):
-                chunk = features[s:s + batch_size]
+        with inference(model):
+            for _, chunk in length_sorted(features, batch_size):
                 batch = {k: v.to(device) for k, v in self.collate(chunk).items()}
                 probs = (self.scores(model, batch) / temperature).softmax(-1).cpu()
                 for f, p in zip(chunk, probs):

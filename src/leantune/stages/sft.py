@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.collate import pad_batch
+from ..data.collate import pad_batch, pad_packed
+from ..data.packing import SEGMENTS, check_packed_attention, pack_features, packing_info, uses_varlen_attention
 from ..data.templates import render, resolve_template
 from ..data.tokenize import IGNORE, TokenizeStats, tokenize_chat
+from ..errors import RecipeError
 from ..evaluation.lm import lm_metrics
 from ..training.losses import causal_lm_loss, label_count, model_loss
 from .registry import PreparedData, Stage, register
@@ -18,6 +20,8 @@ class SFT(Stage):
     name = "sft"
     summary = "Instruction tuning on chat data (alpaca, sharegpt, messages, chatglm, prompt_completion)."
     data_kinds = ("chat",)
+    packing = False  # train.packing: training features are packed rows (data/packing.py)
+    one_row = False  # packed rows of a batch concatenated into one (variable-length attention kernels)
 
     def head(self, model_type: str, is_encoder_decoder: bool) -> str:
         return "seq2seq" if is_encoder_decoder else "causal_lm"
@@ -25,6 +29,10 @@ class SFT(Stage):
     def prepare(self, recipe, tokenizer, train_examples, eval_examples) -> PreparedData:
         self.pad_id = tokenizer.pad_token_id
         self.seq2seq = self.head_name == "seq2seq"
+        self.packing = recipe.train.packing
+        if self.packing and self.seq2seq:
+            raise RecipeError("train.packing: an encoder-decoder model reads each example as a source and a target, "
+                              "which do not pack into rows; set train.packing: false")
         if self.seq2seq:
             train, stats = tokenize_seq2seq(train_examples, tokenizer, recipe.train.max_length)
             evals, _ = tokenize_seq2seq(eval_examples, tokenizer, recipe.train.max_length)
@@ -33,9 +41,22 @@ class SFT(Stage):
             args = (tokenizer, template, recipe.train.max_length, recipe.data.train_on_prompt)
             train, stats = tokenize_chat(train_examples, *args)
             evals, _ = tokenize_chat(eval_examples, *args)
-        return PreparedData(train, evals, info={"tokenize": stats.__dict__})
+        info = {"tokenize": stats.__dict__}
+        if self.packing:
+            rows = pack_features(train, recipe.train.max_length)
+            info["packing"] = packing_info(train, rows, recipe.train.max_length)
+            train = rows
+        return PreparedData(train, evals, info=info)
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        if self.packing:
+            self.one_row = uses_varlen_attention(model)
+            check_packed_attention(model)
+        return model
 
     def collate(self, features, generator=None) -> dict:
+        if SEGMENTS in features[0]:
+            return pad_packed(features, self.pad_id, self.one_row)
         if self.seq2seq:
             batch = pad_batch([{"input_ids": f["input_ids"]} for f in features], self.pad_id)
             batch["labels"] = pad_batch([{"input_ids": f["labels"]} for f in features], self.pad_id)["input_ids"]

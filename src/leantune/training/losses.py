@@ -61,12 +61,16 @@ def label_count(batch: dict[str, torch.Tensor], shifted: bool = True) -> int:
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions."""
     labels = batch["labels"]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "position_ids" in batch:  # packed rows (data/packing.py): transformers derives the per-example causal
+        # mask from position_ids when there is neither an attention mask nor a cache
+        inputs.update(attention_mask=None, position_ids=batch["position_ids"], use_cache=False)
     if uses_prompt_learning(model) or _adds_to_loss(model) or (path := fast_path(unwrap(model))) is None:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        return model(**inputs, labels=labels).loss
     backbone, head = path
-    mask = batch["attention_mask"]
-    hidden = backbone(input_ids=batch["input_ids"],
-                      attention_mask=None if _only_trailing_padding(mask, labels) else mask).last_hidden_state
+    if _only_trailing_padding(inputs["attention_mask"], labels):
+        inputs["attention_mask"] = None
+    hidden = backbone(**inputs).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     return head_cross_entropy(head, hidden[:, :-1][keep], targets[keep])

@@ -42,7 +42,10 @@ class ChatModels:
         served = self._served
         if served is None or name not in served.entries:
             raise LeantuneError(f"chat: {name!r} is not loaded; choose the runs again")
-        template = resolve_template(served.tokenizer, served.entries[name].template)
+        entry = served.entries[name]
+        if entry.ask is not None:  # a run trained with data.retrieval reads its documentation
+            history = entry.ask(history, sampling.max_tokens)
+        template = resolve_template(served.tokenizer, entry.template)
         text = render(served.tokenizer, history, template, add_generation_prompt=True)
         ids = served.tokenizer(text, add_special_tokens=False)["input_ids"]
         return complete_text(served, name, ids, sampling).text

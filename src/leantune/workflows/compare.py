@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..atomic import atomic_write_text, check_output
 from ..errors import LeantuneError, OutputExists, RunStateError
+from ..evaluation.forgetting import FORGETTING_METRICS
 from ..pipeline import train
 from ..recipe import load_recipe
 from ..report.compare_charts import plot_compare
@@ -62,11 +63,15 @@ def variants(raw: dict, methods: list[str] | None, stages: list[str] | None, out
 
 
 def pick_metric(rows: list[dict]) -> str | None:
+    """What the runs are ranked by: the metric their recipes name (``eval.metric``, else the first of
+    ``eval.metrics``; summaries record it as ``metric``) where some run has it, else the first of
+    METRIC_ORDER the runs have. Text metrics are higher-is-better, loss and perplexity lower."""
     keys = set().union(*[(r.get("eval_after") or {}).keys() for r in rows]) if rows else set()
-    for k in METRIC_ORDER:
+    for k in [r["metric"] for r in rows if isinstance(r.get("metric"), str)] + list(METRIC_ORDER):
         if k in keys:
             return k
-    return sorted(keys)[0] if keys else None
+    rest = sorted(keys - set(FORGETTING_METRICS))  # the forgetting probe is a side figure, never the ranking
+    return rest[0] if rest else None
 
 
 def run_variant(v: Variant, base_dir: Path | None, isolate: bool, say: Callable[[str], None]) -> dict:

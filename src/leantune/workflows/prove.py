@@ -124,11 +124,16 @@ def candidates(advice: list[Advice], top: int) -> list[Advice]:
     return [a for a in advice if a.raw is not None and a.fits is not False][:top]
 
 
-def variant_of(a: Advice, split: Split, out_dir: Path) -> Variant:
-    raw = json.loads(json.dumps(a.raw))
+def variant_of(a: Advice, split: Split, out_dir: Path, metrics: list[str] | None = None) -> Variant:
+    raw = with_metrics(json.loads(json.dumps(a.raw)), metrics)
     raw["data"] = {**raw["data"], "train": str(split.train.resolve()), "eval": str(split.val.resolve())}
     raw["output"] = {"dir": str(out_dir / "runs"), "name": a.approach, "overwrite": True}
     return Variant(a.approach, raw)
+
+
+def with_metrics(raw: dict, metrics: list[str] | None) -> dict:
+    """``raw`` with ``eval.metrics`` set (generation candidates are then ranked by the first of them)."""
+    return {**raw, "eval": {**(raw.get("eval") or {}), "metrics": list(metrics)}} if metrics else raw
 
 
 def winner_of(rows: list[dict], metric: str | None) -> dict | None:
@@ -141,7 +146,9 @@ def winner_of(rows: list[dict], metric: str | None) -> dict | None:
 
 def prove(advice: list[Advice], data: Path, out_dir: Path, *, top: int = 3, budget_minutes: float | None = None,
           val_fraction: float = 0.2, seed: int = 0, fmt: str | None = None, isolate: bool = True,
-          say: Callable[[str], None] = lambda s: None) -> ProveResult:
+          metrics: list[str] | None = None, say: Callable[[str], None] = lambda s: None) -> ProveResult:
+    """With ``metrics`` (eval.metrics names), every candidate also answers the validation split and the
+    candidates are ranked by the first of them rather than by loss."""
     out_dir = Path(out_dir)
     picked = candidates(advice, top)
     if not picked:
@@ -151,7 +158,7 @@ def prove(advice: list[Advice], data: Path, out_dir: Path, *, top: int = 3, budg
     say(split.describe())
     spent, summaries, skipped = 0.0, [], []
     for a in picked:
-        v = variant_of(a, split, out_dir)
+        v = variant_of(a, split, out_dir, metrics)
         finished = (out_dir / "runs" / v.name / "summary.json").is_file()
         if budget_minutes is not None and spent >= budget_minutes * 60 and not finished:
             say(f"{v.name}: not started, the {budget_minutes:g}-minute budget is spent")
@@ -170,7 +177,7 @@ def prove(advice: list[Advice], data: Path, out_dir: Path, *, top: int = 3, budg
     winner = None
     if best is not None:
         a = next(x for x in picked if x.approach == best["variant"])
-        raw = json.loads(json.dumps(a.raw))
+        raw = with_metrics(json.loads(json.dumps(a.raw)), metrics)
         raw["data"] = {**raw["data"], "train": str(Path(data).resolve())}
         path = out_dir / "winner.yaml"
         atomic_write_text(path, f"# leantune advise --prove: {a.approach}, validation {metric} "

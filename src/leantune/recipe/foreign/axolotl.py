@@ -18,8 +18,7 @@ TEMPLATES = {"chatml": "chatml", "tokenizer_default": "auto"}
 NO_EFFECT = {
     "load_in_8bit": "leantune quantizes to 4 bits only (qlora); LoRA trains on the unquantized weights",
     "lora_model_dir": "to start from an adapter, give its leantune run directory as model.name",
-    "sample_packing": "leantune pads each batch (group_by_length) instead of packing",
-    "eval_sample_packing": "leantune pads each batch instead of packing", "pad_to_sequence_len": "leantune pads "
+    "eval_sample_packing": "leantune evaluates padded batches (the same loss)", "pad_to_sequence_len": "leantune pads "
     "each batch to its longest example", "tf32": "set by the GPU's defaults", "flash_attention": "leantune uses "
     "the model's default attention", "attn_implementation": "leantune uses the model's default attention",
     "dataset_prepared_path": "leantune keeps no tokenized-data cache", "special_tokens": "leantune uses the "
@@ -58,6 +57,11 @@ def translate(b: Builder) -> None:
         b.set("train.report_to", reports, "wandb_project" if "wandb" in reports else "use_tensorboard")
     if b.get("train_on_inputs") is True:
         b.set("data.train_on_prompt", True, "train_on_inputs")
+    if b.get("sample_packing") is True:
+        if stage in ("sft", "pt"):
+            b.set("train.packing", True, "sample_packing")
+        else:
+            b.skip("sample_packing", f"leantune packs examples for sft and pt; stage {stage} pads each batch")
     precision(b)
     warmup_steps(b)
     split_output_dir(b, "output_dir")
