@@ -164,9 +164,8 @@ def part_curation(work: Path, per_class: int = 60, keep_per_class: int = 20, see
     result = curate(work / "noisy.jsonl", "classification", CurateOptions(max_examples=n),
                     get_embedder("minilm-l6"))
     curate_s = time.perf_counter() - t0
-    kept_texts = {r["text"] for r in result.kept}
-    planted_kept = {kind: sum(1 for r in noisy if r.get("planted") == kind and r["text"] in kept_texts)
-                    for kind in ("duplicate", "degenerate")}
+    planted_kept = {kind: sum(1 for r in result.kept if noisy[r["line"] - 1].get("planted") == kind)
+                    for kind in ("duplicate", "degenerate")}  # rows of the pool by line (1-based)
     write_jsonl([{"text": r["text"], "label": r["label"]} for r in result.kept], work / "curated.jsonl")
     out: dict = {"pool": len(noisy), "clean_pool": len(pool), "kept": len(result.kept), "curate_s": round(curate_s, 1),
                  "dropped": dict(result.counts()), "planted_in_curated": planted_kept, "test": len(test),
