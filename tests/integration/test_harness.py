@@ -17,7 +17,6 @@ from leantune.export.run_loading import load_run
 from leantune.pipeline import train
 from leantune.recipe import load_recipe
 
-pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'leantune[harness]')")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 runner = CliRunner()
 
