@@ -224,3 +224,47 @@ def test_local_judge_replies_are_read_and_unreadable_ones_reported(setup, tmp_pa
     assert (s["questions"], s["unparseable"], s["win_rate_a"], s["interval_95"]) == (2, 2, None, None)
     rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert all(o["reply"] is not None and o["verdict"] is None for r in rows for o in r["orders"])
+
+
+def test_forced_choice_reads_the_local_judges_likeliest_verdict(setup, tmp_path):
+    """The same unreadable local judge with --forced-choice: every verdict is taken from its
+    probabilities after the reply, and equals the argmax of an independent log-likelihood sum."""
+    import torch
+
+    from leantune.models.loading import load_model, load_tokenizer
+
+    out = tmp_path / "j"
+    result = _judge(setup, str(setup["judge"]), out, "--max", "2", "--judge-max-tokens", "8", "--forced-choice")
+    assert result.exit_code == 0, result.output
+    assert "4 verdict(s) forced" in result.output
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["questions"], s["unparseable"], s["forced_verdicts"]) == (2, 0, 4) and s["win_rate_a"] is not None
+    assert "read from its probabilities" in (out / "summary.md").read_text()
+    tokenizer = load_tokenizer(setup["judge"])
+    model = load_model(setup["judge"], "causal_lm", "float32").eval()
+    rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    for row in rows:
+        for order, shown_first in zip(row["orders"], ("A", "B")):
+            assert order["forced"] and order["first"] == shown_first
+            first, second = (row["answer_a"], row["answer_b"]) if shown_first == "A" else (row["answer_b"],
+                                                                                           row["answer_a"])
+            from leantune.data.templates import render, resolve_template
+            from leantune.evaluation.pairwise import judge_prompt
+            text = render(tokenizer, [{"role": "user", "content": judge_prompt(row["question"], first, second)}],
+                          resolve_template(tokenizer), add_generation_prompt=True)
+            context = tokenizer.encode(text + order["reply"] + workflow.FORCED_SUFFIX)
+            scores = []
+            for option in workflow.FORCED_OPTIONS:
+                ids = tokenizer.encode(text + order["reply"] + workflow.FORCED_SUFFIX + option)
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+                scores.append(sum(logp[i - 1, ids[i]].item() for i in range(len(context), len(ids))))
+            assert order["verdict"] == "ABC"[max(range(3), key=scores.__getitem__)]
+    again = _judge(setup, str(setup["judge"]), out, "--max", "2", "--judge-max-tokens", "8")
+    assert again.exit_code == 2 and "forced_choice" in again.output  # a folder judged otherwise is not mixed
+
+
+def test_forced_choice_needs_a_local_judge(setup, tmp_path):
+    result = _judge(setup, "http://127.0.0.1:9", tmp_path / "j", "--forced-choice")
+    assert result.exit_code == 2 and "only a local judge" in " ".join(result.output.split())
+    assert not (tmp_path / "j").exists()

@@ -126,3 +126,48 @@ def test_cli_prove(tmp_path, tiny_model_dir, monkeypatch):
     assert (out / "recipes").is_dir() and (out / "winner.yaml").is_file()
     r = CliRunner().invoke(app, ["advise", str(data), "--prove"])
     assert r.exit_code != 0
+
+
+def test_cli_prove_ranks_generation_candidates_by_the_named_metric(tmp_path, tiny_model_dir, monkeypatch):
+    model = str(tiny_model_dir("llama"))
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"say {w}", "output": f"{w} {w}"}) + "\n"
+                            for w in ("red", "blue", "green", "amber", "teal", "pink", "gold", "grey", "jade", "navy")))
+    seen = {}
+
+    def fake_run(v, base_dir, isolate, say):  # later candidates: better rouge_l, worse loss
+        metrics = seen[v.name] = v.raw.get("eval", {}).get("metrics")
+        n = len(seen)
+        return {"name": v.name, "status": "trained", "wall_time_s": 1.0, "metric": metrics and metrics[0],
+                "eval_after": {"loss": 1.0 + n, **({"rouge_l": 0.1 * n} if metrics else {})}}
+
+    monkeypatch.setattr(prove_mod, "run_variant", fake_run)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["advise", str(data), "--model", model, "--prove", "--top", "3", "--out", str(out),
+                                 "--in-process", "--metrics", "rouge_l,exact_match"], env={"COLUMNS": "100"})
+    assert r.exit_code == 0, r.output
+    generation = [name for name, m in seen.items() if m == ["rouge_l", "exact_match"]]
+    assert len(seen) == 3 and len(generation) >= 2
+    assert all(m is None for name, m in seen.items() if name not in generation)  # e.g. in-context learning
+    assert f"measured winner: {generation[-1]} (rouge_l" in r.output  # by loss, the first would have won
+    winner = load_recipe(out / "winner.yaml")
+    assert winner.eval.metrics == ["rouge_l", "exact_match"]
+
+
+def test_metrics_apply_to_generation_candidates_only(tiny_model_dir):
+    lm = str(tiny_model_dir("llama"))
+    untouched = [{"model": lm, "stage": {"name": "cls"}, "eval": {"batch_size": 8}},
+                 {"model": {"name": lm}, "stage": "icl"}, {"model": lm, "stage": "pet"}]
+    for raw in untouched:
+        assert prove_mod.with_metrics(raw, ["bleu"]) == raw
+    assert prove_mod.with_metrics({"model": {"name": lm}, "stage": "sft"}, ["bleu"])["eval"]["metrics"] == ["bleu"]
+
+
+@pytest.mark.parametrize("args, said", [(["--prove", "--out", "OUT", "--metrics", "rouge"], "unknown metric 'rouge'"),
+                                        (["--metrics", "bleu"], "add --prove")])
+def test_cli_metrics_misuse(tmp_path, args, said):
+    data = write_cls(tmp_path / "d.jsonl")
+    args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
+    r = CliRunner().invoke(app, ["advise", str(data), *args])
+    assert r.exit_code == 2 and said in r.output, r.output
+    assert not (tmp_path / "o").exists()

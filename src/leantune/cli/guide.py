@@ -19,6 +19,22 @@ def _mb(b: float) -> str:
 
 @app.command()
 @user_errors
+def _metric_names(text: str | None, prove: bool) -> list[str] | None:
+    """``--metrics rouge_l,bleu`` → the names, checked as the recipe checks eval.metrics."""
+    if text is None:
+        return None
+    if not prove:
+        raise LeantuneError("advise --metrics ranks the candidates advise --prove trains: add --prove")
+    from pydantic import ValidationError
+
+    from ..recipe import EvalSection
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        return EvalSection(metrics=names).metrics
+    except ValidationError as e:
+        raise LeantuneError(f"advise --metrics {text!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
 def estimate(
         model: Optional[str] = typer.Argument(None, help=(
             "Packaged name, model folder, config.json, hub id (local HF cache or built-in table: "
@@ -155,7 +171,10 @@ def advise(
         top: int = typer.Option(3, "--top", min=1, help="--prove: how many candidates."),
         budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", min=0,
                                                        help="--prove: start no candidate after this many minutes."),
-        isolate: bool = typer.Option(True, "--isolate/--in-process", help="--prove: one process per candidate.")):
+        isolate: bool = typer.Option(True, "--isolate/--in-process", help="--prove: one process per candidate."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="--prove: generation candidates also answer the "
+                                                                      "held-out examples and are ranked by the first of "
+                                                                      "these eval.metrics, e.g. rouge_l,exact_match.")):
     """Rank approaches for your data and budget and say why; write recipes (--out); prove the pick (--prove)."""
     from rich.padding import Padding
     from rich.text import Text
@@ -165,6 +184,7 @@ def advise(
     check_request(data_file, task, labelled)
     if prove and (data_file is None or out is None):
         raise LeantuneError("advise --prove needs a DATA file and --out DIR")
+    metric_names = _metric_names(metrics, prove)
     quiet_libraries()
     if prove:
         from ..workflows.prove import check_prove_dir
@@ -197,7 +217,7 @@ def advise(
         return
     say("")
     result = run_prove(found.ranking.advice, data_file, out, top=top, budget_minutes=budget_minutes, isolate=isolate,
-                       say=lambda m: console.print(m, highlight=False))
+                       metrics=metric_names, say=lambda m: console.print(m, highlight=False))
     for r in result.compare.rows:
         val = "failed" if r["metric"] is None else f"{result.compare.metric} {r['metric']:.4f}"
         wall = "" if r["wall_time_s"] is None else f", {r['wall_time_s']:.0f} s"

@@ -54,6 +54,8 @@ def judge(run_a: Path = typer.Argument(..., help="Run directory A."),
           max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per run answer."),
           judge_max_tokens: int = typer.Option(256, "--judge-max-tokens", min=8, help="Tokens per judge reply."),
           batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts answered at a time."),
+          forced_choice: bool = typer.Option(False, "--forced-choice", help="Local judge: where a reply has no "
+                                             "verdict, take the likeliest of [[A]], [[B]], [[C]] after it."),
           yes: bool = typer.Option(False, "--yes", "-y", help="Start without asking (an endpoint judge asks).")):
     """Which run answers better? A judge model compares their answers (MT-Bench, Zheng et al. 2023),
     each question in both orders; a win counts only if both orders agree. Writes summary.md/.json,
@@ -67,14 +69,16 @@ def judge(run_a: Path = typer.Argument(..., help="Run directory A."),
 
     result = judge_runs(run_a, run_b, data, judge_spec, out, fmt=fmt, limit=max_prompts, judge_model=judge_model,
                         api_key_env=api_key_env, reference=reference, max_new_tokens=max_new_tokens,
-                        judge_max_tokens=judge_max_tokens, batch_size=batch_size, confirm=_confirmer(yes),
+                        judge_max_tokens=judge_max_tokens, batch_size=batch_size, forced_choice=forced_choice,
+                        confirm=_confirmer(yes),
                         say=lambda m: console.print(escape(m), highlight=False))
     s = result.summary
     interval = s["interval_95"]
     ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
     rate = "n/a" if s["win_rate_a"] is None else f"{s['win_rate_a']:.2f}{ci}"
     console.print(f"A wins {s['wins_a']}, B wins {s['wins_b']}, ties {s['ties']}, unparseable {s['unparseable']} "
-                  f"of {s['questions']} question(s) ({result.judged_now} judged now); win rate of A {rate}",
+                  f"of {s['questions']} question(s) ({result.judged_now} judged now); win rate of A {rate}"
+                  + (f"; {s['forced_verdicts']} verdict(s) forced" if s.get("forced_verdicts") else ""),
                   highlight=False, soft_wrap=True)
     if s["first_shown_share"] is not None:
         console.print(f"position bias: the first-shown answer wins {s['first_shown_share']:.0%} of decisive "

@@ -14,12 +14,14 @@ from ..errors import LeantuneError
 from ..guide.advisor import TASKS
 from ..guide.consult import consult
 from ..guide.gpus import GPUS
+from ..recipe import TEXT_METRICS
 from ..workflows.prove import candidates
 from .board import Board, model_argument
 from .progress import read_progress, run_row
 
 AUTO = "from the data"
 NO_GPU = "none (memory budget)"
+BY_LOSS = "validation loss / the task's own"
 RANK_COLUMNS = ["rank", "approach", "score", "estimated MB", "fits", "why"]
 
 
@@ -53,7 +55,9 @@ def _candidates_file(board: Board, out: Path) -> Path:
 
 
 def start_prove(board: Board, data: str, task: str, memory: str, gpu: str, hours: float | None,
-                model: str | None, top: int, minutes: float | None) -> str:
+                model: str | None, top: int, minutes: float | None, metric: str | None = None) -> str:
+    """Launch `advise --prove`; ``metric`` (one of TEXT_METRICS) ranks the generation candidates by their
+    answers to the held-out examples instead of by loss."""
     path, c = _consult(board, data, task, memory, gpu, hours, model)
     out = prove_folder(board, data)
     picked = [a.approach for a in candidates(c.ranking.advice, int(top or 3))]
@@ -64,6 +68,7 @@ def start_prove(board: Board, data: str, task: str, memory: str, gpu: str, hours
     args += ["--time", str(hours)] if hours else []
     args += ["--model", model_argument(board.workspace, model)] if model else []
     args += ["--budget-minutes", str(minutes)] if minutes else []
+    args += ["--metrics", metric] if metric in TEXT_METRICS else []
     board.jobs.launch(out, args, cwd=board.workspace.root, log_name=f"advise-{path.stem}")
     atomic_write_text(_candidates_file(board, out), json.dumps(picked))
     return board.workspace.rel(out)
@@ -109,6 +114,8 @@ def build(board: Board) -> gr.Dropdown:
     with gr.Row():
         top = gr.Number(3, label="Candidates to train", precision=0, elem_id="prove-top")
         minutes = gr.Number(None, label="Start no candidate after (minutes)", elem_id="prove-minutes")
+        metric = gr.Dropdown([BY_LOSS, *TEXT_METRICS], value=BY_LOSS, elem_id="prove-metric",
+                             label="Rank generation candidates by (their answers to held-out examples)")
         prove = gr.Button("Prove it: train the top candidates", elem_id="prove-go")
     prove_text = gr.Markdown(elem_id="prove-status")
     prove_rows = gr.Dataframe(label="Proof (fills in as candidates train)", interactive=False,
@@ -135,6 +142,6 @@ def build(board: Board) -> gr.Dropdown:
         return (text or gr.update()), (rows if len(rows) else gr.update())
 
     go.click(on_advise, form, [facts, table])
-    prove.click(on_prove, [*form, top, minutes], [prove_text])
+    prove.click(on_prove, [*form, top, minutes, metric], [prove_text])
     gr.Timer(2.0).tick(on_tick, [data], [prove_text, prove_rows])
     return data

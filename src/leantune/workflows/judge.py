@@ -9,6 +9,11 @@ leantune loads, or an OpenAI-compatible endpoint) sees every question twice, eac
 once, at temperature 0; its replies go to ``judgments.jsonl``, one line a question, appended and
 flushed as soon as both orders are read, so that an interrupted judge loses at most one question.
 
+A small local judge often writes no readable verdict; with ``forced_choice`` such a reply is
+followed by ``Final verdict: [[`` and the likeliest of ``A]]``, ``B]]``, ``C]]`` is taken (marked
+``forced`` in ``judgments.jsonl`` and counted in the summary): a verdict from the judge's
+probabilities where its text gives none.
+
 Resuming: ``judge.json`` records what the folder compares (runs, data, judge, settings); a second
 call with the same ones answers and judges only what is missing, a call with others is refused.
 """
@@ -41,6 +46,8 @@ SETTINGS = "judge.json"
 JUDGMENTS = "judgments.jsonl"
 INFORMATIVE = {"data"}  # recorded, not compared: the data file may move, its content (sha256) may not
 CHARS_PER_TOKEN = 4  # the usual rough rate for English text where the judge's tokenizer is not at hand
+FORCED_SUFFIX = "\n\nFinal verdict: [["
+FORCED_OPTIONS = ("A]]", "B]]", "C]]")
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 def identity(run_a: Path, run_b: Path, data: Path, fmt: str | None, judge: str, judge_model: str | None,
-             reference: bool, max_new_tokens: int, judge_max_tokens: int) -> dict:
+             reference: bool, max_new_tokens: int, judge_max_tokens: int, forced_choice: bool = False) -> dict:
     """What a judge folder compares; a resumed call must name the same."""
     def run(path: Path) -> dict:
         read_run_files(path)  # a finished run, or one paragraph saying what it lacks
@@ -110,7 +117,7 @@ def identity(run_a: Path, run_b: Path, data: Path, fmt: str | None, judge: str, 
     return {"run_a": run(run_a), "run_b": run(run_b), "data": str(data.resolve()), "data_sha256": _sha256(data),
             "format": fmt, "judge": judge, "judge_model": judge_model, "reference": reference,
             "answer_max_new_tokens": max_new_tokens, "judge_max_tokens": judge_max_tokens,
-            "prompt": PROMPT_VERSION, "temperature": 0.0}
+            "prompt": PROMPT_VERSION, "temperature": 0.0, **({"forced_choice": True} if forced_choice else {})}
 
 
 def open_folder(out: Path, settings: dict) -> bool:
@@ -122,9 +129,11 @@ def open_folder(out: Path, settings: dict) -> bool:
             saved = json.loads(file.read_text(encoding="utf-8"))
         except ValueError:
             raise LeantuneError(f"{file}: damaged (not JSON); use a new --out") from None
-        changed = [k for k in settings if k not in INFORMATIVE and saved.get(k) != settings[k]]
+        keys = [*settings, *(k for k in saved if k not in settings)]
+        changed = [k for k in keys if k not in INFORMATIVE and saved.get(k) != settings.get(k)]
         if changed:
-            shown = "; ".join(f"{k}: was {json.dumps(saved.get(k))}, now {json.dumps(settings[k])}" for k in changed)
+            shown = "; ".join(f"{k}: was {json.dumps(saved.get(k))}, now {json.dumps(settings.get(k))}"
+                              for k in changed)
             raise LeantuneError(f"{out}: this folder judges another comparison ({shown}); its judgments would be "
                                 f"mixed with the new ones. Use a new --out, or repeat the first call's arguments "
                                 f"to continue it")
@@ -179,23 +188,32 @@ def _both_orders(teacher: Teacher, question: Question, a: str, b: str, reference
     return [_judge_text(teacher, judge_prompt(text, a, b, ref)), _judge_text(teacher, judge_prompt(text, b, a, ref))]
 
 
-def _ask(teacher: Teacher, text: str, a_first: bool, max_tokens: int) -> dict:
+def _ask(teacher: Teacher, text: str, a_first: bool, max_tokens: int, forced_choice: bool) -> dict:
     reply = teacher.complete(text, max_new_tokens=max_tokens, temperature=0.0, seed=0)
-    return {"first": "A" if a_first else "B", "reply": reply, "verdict": parse_verdict(reply),
-            "reason": reason_text(reply)}
+    row = {"first": "A" if a_first else "B", "reply": reply, "verdict": parse_verdict(reply),
+           "reason": reason_text(reply)}
+    if row["verdict"] is None and forced_choice:
+        row["verdict"] = "ABC"[teacher.choose(text + reply + FORCED_SUFFIX, list(FORCED_OPTIONS))]
+        row["forced"] = True
+    return row
 
 
 def judge_runs(run_a: Path, run_b: Path, data: Path, judge: str, out: Path, *, fmt: str | None = None,
                limit: int | None = None, judge_model: str | None = None, api_key_env: str | None = None,
                reference: bool = False, max_new_tokens: int = 128, judge_max_tokens: int = 256,
-               batch_size: int = 16, confirm: Callable[[Estimate], None] = lambda e: None,
+               batch_size: int = 16, forced_choice: bool = False, confirm: Callable[[Estimate], None] = lambda e: None,
                say: Callable[[str], None] = lambda m: None, progress: bool = True) -> JudgeResult:
     """Judge run A against run B on the first ``limit`` prompts of ``data``; writes ``out``.
-    ``confirm`` sees the cost before the first judge call (and may raise to stop)."""
+    ``confirm`` sees the cost before the first judge call (and may raise to stop); ``forced_choice``
+    (local judges) reads a verdict from the judge's probabilities where its reply has none."""
     run_a, run_b, data, out = Path(run_a), Path(run_b), Path(data), Path(out)
+    if forced_choice and judge.startswith(("http://", "https://")):
+        raise LeantuneError(f"--forced-choice reads the verdict from the judge's token probabilities, which only a "
+                            f"local judge gives; {judge} is an endpoint")
     start = time.monotonic()
     questions = load_questions(data, fmt, limit)
-    settings = identity(run_a, run_b, data, fmt, judge, judge_model, reference, max_new_tokens, judge_max_tokens)
+    settings = identity(run_a, run_b, data, fmt, judge, judge_model, reference, max_new_tokens, judge_max_tokens,
+                        forced_choice)
     if open_folder(out, settings):
         say(f"continuing {out}")
     answers = {"A": run_answers(run_a, questions, out / "answers_a.jsonl", max_new_tokens, batch_size, say)}
@@ -216,8 +234,8 @@ def judge_runs(run_a: Path, run_b: Path, data: Path, judge: str, out: Path, *, f
             for i, q in enumerate(pending):
                 tick = time.monotonic()
                 a, b = answers["A"][q.line], answers["B"][q.line]
-                orders = [_ask(teacher, texts[q.line][0], True, judge_max_tokens),
-                          _ask(teacher, texts[q.line][1], False, judge_max_tokens)]
+                orders = [_ask(teacher, texts[q.line][0], True, judge_max_tokens, forced_choice),
+                          _ask(teacher, texts[q.line][1], False, judge_max_tokens, forced_choice)]
                 _append(out / JUDGMENTS, [{"line": q.line, "question": question_text(q.messages), "answer_a": a,
                                            "answer_b": b, "judge": teacher.name, "orders": orders}])
                 bar.advance(task)
@@ -240,6 +258,7 @@ def write_summary(out: Path, questions: list[Question], settings: dict) -> dict:
                "rule": "a run wins a question only if the judge prefers it in both orders; otherwise a tie "
                        "(MT-Bench); a question with an unreadable verdict in either order is counted apart",
                **result.as_dict(),
+               "forced_verdicts": sum(bool(o.get("forced")) for r in judged for o in r["orders"]),
                "unparseable_lines": [r["line"] for r in judged
                                      if any(o["verdict"] is None for o in r["orders"])]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -266,6 +285,10 @@ def summary_markdown(s: dict, names: dict[str, str]) -> str:
              f"p = {'n/a' if s['position_bias_p'] is None else format(s['position_bias_p'], '.3g')}); "
              f"{s['consistent_questions']} question(s) got the same verdict in both orders.", "",
              f"Rule: {s['rule']}."]
+    if s.get("forced_verdicts"):
+        lines += ["", f"{s['forced_verdicts']} of {2 * s['questions']} verdict(s) were not in the judge's reply and "
+                      f"were read from its probabilities (the likeliest of [[A]], [[B]], [[C]] after the reply; "
+                      f"--forced-choice)."]
     if s["unparseable"]:
         lines += ["", f"Unparseable verdicts at data lines: {', '.join(map(str, s['unparseable_lines']))} "
                       f"(raw replies in judgments.jsonl)."]

@@ -25,7 +25,9 @@ from ..atomic import atomic_write_text
 from ..data.formats import FORMATS, load_examples
 from ..errors import LeantuneError
 from ..guide.advisor import Advice
+from ..models.loading import load_config, resolve_model_path
 from ..report.compare_charts import plot_compare
+from ..stages.registry import build_stage
 from .compare import (
     LOWER_IS_BETTER,
     CompareResult,
@@ -132,8 +134,21 @@ def variant_of(a: Advice, split: Split, out_dir: Path, metrics: list[str] | None
 
 
 def with_metrics(raw: dict, metrics: list[str] | None) -> dict:
-    """``raw`` with ``eval.metrics`` set (generation candidates are then ranked by the first of them)."""
-    return {**raw, "eval": {**(raw.get("eval") or {}), "metrics": list(metrics)}} if metrics else raw
+    """``raw`` with ``eval.metrics`` set when it trains a causal LM on conversations (it is then ranked by
+    the first of them); other candidates (classification, PET, in-context…) keep their own metric."""
+    if not metrics or not generates(raw):
+        return raw
+    return {**raw, "eval": {**(raw.get("eval") or {}), "metrics": list(metrics)}}
+
+
+def generates(raw: dict) -> bool:
+    spec = raw.get("stage") or "sft"
+    stage = build_stage({"name": spec} if isinstance(spec, str) else spec)
+    if not stage.trains or not {"chat", "preference"} & set(stage.data_kinds):
+        return False
+    model = raw["model"]["name"] if isinstance(raw["model"], dict) else raw["model"]
+    config = load_config(resolve_model_path(model), False)
+    return stage.head(config.model_type, config.is_encoder_decoder) == "causal_lm"
 
 
 def winner_of(rows: list[dict], metric: str | None) -> dict | None:

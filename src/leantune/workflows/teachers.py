@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from ..errors import LeantuneError
+from ..evaluation.forgetting import continuation_logprobs
 from ..evaluation.generate import _stop_ids
 from ..models.loading import load_model, load_tokenizer, resolve_model_path
 from ..training.modes import evaluating
@@ -53,6 +54,12 @@ class LocalTeacher:
             out = self.model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop or None,
                                       pad_token_id=self.tokenizer.pad_token_id, **sampling)
         return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def choose(self, prompt: str, options: list[str]) -> int:
+        """The index of the option likeliest (summed log-probability of its tokens) to continue
+        ``prompt``: a forced choice, as lm-evaluation-harness scores multiple choice."""
+        scores = continuation_logprobs(self.model, self.tokenizer, [(prompt, o) for o in options], len(options))
+        return max(range(len(options)), key=scores.__getitem__)
 
 
 class EndpointTeacher:
