@@ -87,3 +87,28 @@ def test_misuse_is_one_sentence(tmp_path, tiny_model_dir):
     recipe.write_text(yaml.safe_dump(data))
     r = runner.invoke(app, ["train", str(recipe)])
     assert r.exit_code == 2 and "data.retrieval.corpus" in r.output and "Traceback" not in r.output
+
+
+def test_judge_asks_a_retrieval_run_with_its_documentation(tmp_path, tiny_model_dir, monkeypatch):
+    """`leantune judge` puts each question to a retrieval run as training did (passages after the
+    question), and to a plain run as it is; the judge sees the question alone."""
+    import leantune.workflows.judge as judge_workflow
+
+    model = tiny_model_dir("llama")
+    for retrieval in (True, False):
+        assert runner.invoke(app, ["train", str(_setup(tmp_path, model, retrieval))]).exit_code == 0
+    asked = []
+    real = judge_workflow.generate_conversations
+    monkeypatch.setattr(judge_workflow, "generate_conversations",
+                        lambda m, tok, convs, *a, **k: asked.append(convs) or real(m, tok, convs, *a, **k))
+    out = tmp_path / "j"
+    r = runner.invoke(app, ["judge", str(tmp_path / "runs" / "docs-run"), str(tmp_path / "runs" / "plain"),
+                            "--data", str(tmp_path / "train.jsonl"), "--max", "2", "--judge", str(model),
+                            "--max-new-tokens", "4", "--judge-max-tokens", "8", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    with_docs, plain = asked
+    for convs, (question, _, _, text) in zip(zip(with_docs, plain), QA[:2]):
+        docs_turn, plain_turn = convs[0][-1]["content"], convs[1][-1]["content"]
+        assert plain_turn == question and docs_turn.startswith(question) and text in docs_turn
+    judged = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert [j["question"] for j in judged] == [q for q, *_ in QA[:2]]

@@ -38,6 +38,7 @@ from ..evaluation.generate import generate_conversations
 from ..evaluation.generation_eval import conversation_items
 from ..evaluation.pairwise import PROMPT_VERSION, compare, judge_prompt, parse_verdict, question_text, reason_text
 from ..export.run_loading import load_run
+from ..prompting.documentation import documentation_of_run
 from ..run_dir import RUN_META, read_run_files
 from ..training.device import move_to_device, resolve_device
 from .teachers import LocalTeacher, Teacher, make_teacher
@@ -146,7 +147,8 @@ def open_folder(out: Path, settings: dict) -> bool:
 
 def run_answers(run_dir: Path, questions: list[Question], cache: Path, max_new_tokens: int, batch_size: int,
                 say: Callable[[str], None]) -> dict[int, str]:
-    """The run's greedy answer to each question, read from ``cache`` or generated and appended to it."""
+    """The run's greedy answer to each question, read from ``cache`` or generated and appended to it;
+    a run trained with ``data.retrieval`` gets each question with its documentation passages."""
     known = {row["line"]: row["answer"] for row in read_lines(cache)}
     missing = [q for q in questions if q.line not in known]
     if missing:
@@ -155,9 +157,12 @@ def run_answers(run_dir: Path, questions: list[Question], cache: Path, max_new_t
         if loaded.head != "causal_lm":
             raise LeantuneError(f"{run_dir}: a {loaded.head} run writes no answers; judging compares generative runs")
         model = move_to_device(loaded.model, resolve_device("auto"))
-        answers = generate_conversations(
-            model, loaded.tokenizer, [q.messages for q in missing], loaded.recipe.data.template, max_new_tokens,
-            batch_size, max_prompt_tokens=max(1, loaded.recipe.train.max_length - max_new_tokens))
+        recipe = loaded.recipe
+        docs = documentation_of_run(run_dir, recipe)  # data.retrieval: asked as it was trained, with its passages
+        asked = [docs.for_prompt(q.messages, loaded.tokenizer, recipe.data.template, recipe.train.max_length,
+                                 max_new_tokens) if docs else q.messages for q in missing]
+        answers = generate_conversations(model, loaded.tokenizer, asked, recipe.data.template, max_new_tokens,
+                                         batch_size, max_prompt_tokens=max(1, recipe.train.max_length - max_new_tokens))
         _append(cache, [{"line": q.line, "prompt": q.messages, "answer": a} for q, a in zip(missing, answers)])
         known.update({q.line: a for q, a in zip(missing, answers)})
         del loaded, model
