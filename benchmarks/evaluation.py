@@ -136,18 +136,20 @@ def _f(x, spec=".3f") -> str:
 def report(results: dict) -> None:
     rows = []
     for task in TASKS:
-        metric = "command (equiv.)" if task == "demo" else "rouge_l"
+        metric = "command accuracy, equivalent / right program" if task == "demo" else "ROUGE-L"
         for method in METHODS:
             r = results.get(f"{task} {method}")
             if not r:
                 continue
             b, a = r["eval_before"], r["eval_after"]
-            if task == "demo":
-                m = (r["command_before"]["equivalent"], r["command_after"]["equivalent"])
+            if task == "demo":  # exact or equivalent command / right program
+                cb, ca = r["command_before"], r["command_after"]
+                shown = (f"{_f(cb['equivalent'], '.2f')}/{_f(cb['program'], '.2f')} → "
+                         f"{_f(ca['equivalent'], '.2f')}/{_f(ca['program'], '.2f')}")
             else:
-                m = (b.get("rouge_l"), a.get("rouge_l"))
-            rows.append([task, method, f"{_f(b['loss'])} → {_f(a['loss'])}", f"{_f(m[0])} → {_f(m[1])}",
-                         f"{_f(b.get('bleu'), '.1f')} → {_f(a.get('bleu'), '.1f')}",
+                shown = f"{_f(b.get('rouge_l'))} → {_f(a.get('rouge_l'))}"
+            rows.append([task, method, f"{_f(b['loss'])} → {_f(a['loss'])}", shown,
+                         f"{_f(b.get('bleu'))} → {_f(a.get('bleu'))}",
                          f"{_f(b.get('general_perplexity'), '.2f')} → {_f(a.get('general_perplexity'), '.2f')}",
                          f"{_f(b.get('probe_accuracy'))} → {_f(a.get('probe_accuracy'))}", f"{r['wall_time_s']:.0f}"])
         print(f"task metric for {task}: {metric}")
