@@ -40,7 +40,8 @@ TASKS = ("demo", "dialog")
 METHODS = {"lora": ({"name": "lora", "r": 16, "alpha": 32, "targets": "all-linear"}, 5e-4),
            "full": ({"name": "full"}, 5e-5)}
 JUDGE = "smollm2-135m"
-JUDGED = 24  # held-out prompts judged per comparison
+JUDGED = {("demo", "full"): 24, ("demo", "lora"): 12, ("dialog", "full"): 16, ("dialog", "lora"): 12}
+# held-out prompts judged per comparison (task, run B; A is LoRA): ~36 s a prompt on one core
 DIALOG_TRAIN, DIALOG_EVAL = 320, 48
 
 
@@ -110,7 +111,8 @@ def judged(task: str, a: str, b: str, work: Path) -> dict:
     data = DEMO / "shell_help_eval.jsonl" if task == "demo" else work / "dialog_eval.jsonl"
     out = work / "judge" / f"{task}-{a}-vs-{b}"
     t0 = time.perf_counter()
-    result = judge_runs(work / "runs" / f"{task}-{a}", work / "runs" / f"{task}-{b}", data, JUDGE, out, limit=JUDGED,
+    result = judge_runs(work / "runs" / f"{task}-{a}", work / "runs" / f"{task}-{b}", data, JUDGE, out,
+                        limit=JUDGED[task, b],
                         reference=True, max_new_tokens=64, judge_max_tokens=96, forced_choice=True,
                         progress=False, say=print)
     keep = ("questions", "wins_a", "wins_b", "ties", "unparseable", "win_rate_a", "interval_95", "first_shown_share",
@@ -180,8 +182,9 @@ def main() -> None:
         saved.write_text(json.dumps(results, indent=2, default=str))
     results = json.loads(saved.read_text())
     report(results)
-    path = write_results(RESULTS / "evaluation.json", {"machine": machine_facts(), "judge": JUDGE,
-                                                       "judged_prompts": JUDGED, **results})
+    path = write_results(RESULTS / "evaluation.json", {
+        "machine": machine_facts(), "judge": JUDGE,
+        "judged_prompts": {f"{task} lora-vs-{b}": n for (task, b), n in JUDGED.items()}, **results})
     print(f"wrote {path}")
 
 

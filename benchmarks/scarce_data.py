@@ -12,7 +12,7 @@ Four parts, each resumable (results kept in --work), run one at a time on one th
   fine-tuned on a ``leantune data curate --max N`` subset vs a random subset of the same size of the
   same pool, 3 seeds, accuracy on the classes' test posts.
 - ``synth``: self-instruct with the packaged SmolLM2-135M as the teacher from 10 shell-help seed
-  tasks: kept and dropped counts, reasons and examples.
+  tasks (12 teacher calls): kept and dropped counts, reasons and examples.
 - ``curve``: ``leantune curve`` on the demo recipe, fractions 0.1–1, 2 seeds, eval loss.
 
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/scarce_data.py --part retrieval
@@ -199,15 +199,19 @@ def part_curation(work: Path, per_class: int = 60, keep_per_class: int = 20, see
 
 # --------------------------------------------------------------------------- synth and curve
 
-def part_synth(work: Path, n: int = 12) -> dict:
+def part_synth(work: Path, n: int = 20, prompts: int = 12) -> dict:
+    """At most ``prompts`` teacher calls of 256 new tokens (a 135M teacher keeps few of its tasks);
+    the paper's keyword filter without "file(s)" (shell tasks are about files)."""
     from leantune.data.builtin import write_jsonl
+    from leantune.data.selfinstruct import KEYWORDS
     from leantune.workflows.synth import synthesize
     from leantune.workflows.teachers import make_teacher
 
     rows = [json.loads(line) for line in (DEMO / "shell_help_train.jsonl").read_text().splitlines()]
     write_jsonl(random.Random(0).sample(rows, 10), work / "seeds.jsonl")
     report = synthesize(work / "seeds.jsonl", make_teacher("smollm2-135m"), n, work / "synth.jsonl",
-                        max_prompts=3 * n, progress=False)
+                        max_new_tokens=256, max_prompts=prompts, progress=False,
+                        keywords=tuple(k for k in KEYWORDS if k not in ("file", "files")))
     return json.loads(report.to_json())
 
 
@@ -235,13 +239,24 @@ def report(work: Path) -> None:
                 if s:
                     ch = s["changed_rows"]
                     rows.append([model, cond, f"{s['all']['exact']:.3f}", f"{s['all']['equivalent']:.3f}",
-                                 f"{ch['equivalent']:.3f}" if ch else "-"])
-        print(format_table(["model", "documentation", "exact", "equivalent", "changed rows (equiv.)"], rows))
+                                 f"{s['all']['program']:.3f}", f"{ch['equivalent']:.3f}" if ch else "-"])
+        print(format_table(["model", "documentation", "exact", "equivalent", "right program",
+                            "changed rows (equiv.)"], rows))
     if "curation" in parts:
         c = parts["curation"]
         print(format_table(["subset", "accuracy", "sd", "macro-F1"],
                            [[arm, f"{c[arm]['accuracy_mean']:.3f}", f"{c[arm]['accuracy_sd']:.3f}",
                              f"{c[arm]['macro_f1_mean']:.3f}"] for arm in ("curated", "random") if arm in c]))
+    if "synth" in parts:
+        y = parts["synth"]
+        print(f"synth: {json.dumps({k: v for k, v in y.items() if k not in ('examples', 'kept_examples')})[:600]}")
+    if "curve" in parts:
+        c = parts["curve"]
+        print(format_table(["fraction", "examples", f"{c['metric']} mean", "sd", "seeds"],
+                           [[str(p["fraction"]), str(p["examples"]), f"{p['mean']:.4f}",
+                             f"{p['std']:.4f}" if p["std"] is not None else "-", str(p["n"])]
+                            for p in c["points"] if p["n"]]))
+        print(c["sentence"])
     write_results(RESULTS / "scarce_data.json", {"machine": machine_facts(), **parts})
     print(f"wrote {RESULTS / 'scarce_data.json'}")
 
