@@ -85,3 +85,13 @@ def test_curate_refuses_an_existing_output_and_bad_input(data):
     assert not (folder / "new.jsonl").exists() and not (folder / "x.csv").exists()
     r = runner.invoke(app, ["data", "curate", str(src), "--out", str(out), "--dedup", "none", "--force"])
     assert r.exit_code == 0 and _counts(r.output)["kept"] == 45  # 40 posts, 3 exact and 2 near copies
+
+
+def test_curate_says_when_nothing_is_kept(data):
+    folder, n_lines = data
+    src, out = folder / "train.jsonl", folder / "none-kept.jsonl"
+    r = runner.invoke(app, ["data", "curate", str(src), "--out", str(out), "--dedup", "none", "--min-chars", "100000"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "warning: no row was kept" in text and "dropped as too-short" in text, text
+    assert out.read_text() == "" and len((folder / "none-kept.dropped.jsonl").read_text().splitlines()) == n_lines

@@ -62,3 +62,8 @@ def data_curate(
     console.print(table)
     console.print(f"wrote {len(result.kept)} rows to [bold]{escape(str(out))}[/] and {len(result.dropped)} "
                   f"dropped rows with their reasons to [bold]{escape(str(side))}[/]", highlight=False)
+    if not result.kept and result.dropped:
+        reason, count = max(result.counts(), key=lambda rc: rc[1])
+        console.print(f"[yellow]warning:[/] no row was kept ({count} of {result.rows} dropped as {reason}); "
+                      f"{escape(str(out))} is empty. Check the filters against the data (--min-chars, "
+                      f"--max-chars, --ngram, --near-threshold, --dedup none)", highlight=False)
