@@ -17,8 +17,6 @@ def _mb(b: float) -> str:
     return f"{b / 2**20:,.0f} MB" if b < 10 * 2**30 else f"{b / 2**30:,.1f} GB"
 
 
-@app.command()
-@user_errors
 def _metric_names(text: str | None, prove: bool) -> list[str] | None:
     """``--metrics rouge_l,bleu`` → the names, checked as the recipe checks eval.metrics."""
     if text is None:
@@ -35,6 +33,8 @@ def _metric_names(text: str | None, prove: bool) -> list[str] | None:
         raise LeantuneError(f"advise --metrics {text!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
+@app.command()
+@user_errors
 def estimate(
         model: Optional[str] = typer.Argument(None, help=(
             "Packaged name, model folder, config.json, hub id (local HF cache or built-in table: "
