@@ -142,6 +142,7 @@ def with_metrics(raw: dict, metrics: list[str] | None) -> dict:
 
 
 def generates(raw: dict) -> bool:
+    """Whether the recipe ``raw`` trains a causal LM on chat or preference data (answers can be scored)."""
     spec = raw.get("stage") or "sft"
     stage = build_stage({"name": spec} if isinstance(spec, str) else spec)
     if not stage.trains or not {"chat", "preference"} & set(stage.data_kinds):
