@@ -5,7 +5,9 @@ Three batch plans (``leantune.training.engine.batch_plan``):
 - random: ``train.group_by_length: false``;
 - old grouping: mega-batches of 50 batches sorted by length (the plan before issue #19, as
   HF ``group_by_length``), reproduced here as :func:`old_plan` and put in the engine's place;
-- new grouping (the default): windows of ``min(4, n_batches // 4)`` batches sorted by length.
+- new grouping (the default for sft and pt; for the classification stages measured here,
+  whose default is random batches, ``group_by_length: true``): windows of
+  ``min(4, n_batches // 4)`` batches sorted by length.
 
 Padding (no training): the fraction of padded positions (batch max length × batch size
 against real tokens) over 15 epochs × seeds 0, 1, 2 of each plan, on the real token lengths

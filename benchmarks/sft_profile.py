@@ -2,7 +2,8 @@
 
 The benchmark's setting (SmolLM2-135M, LoRA r16 all-linear, batch 8, ≤128 tokens, the
 ChatterBot pairs, length-grouped batches, no checkpointing); a few optimizer steps after
-one warm-up step, in fp32 and under bf16 autocast. Operator self time is grouped into:
+one warm-up step, in fp32 and under bf16 autocast (frozen weights in bf16, as ``model.dtype: auto``
+loads them on a bf16 CPU). Operator self time is grouped into:
 big matmuls (the model's linear layers and LM head), LoRA's A/B matmuls (one side of
 rank r), attention, casts/copies, the optimizer step, and other operators; what the
 profiler does not attribute to an operator is Python and framework overhead.
@@ -47,6 +48,7 @@ def profile(precision: str, steps: int) -> dict:
     from leantune.methods.registry import build_method
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
+    from leantune.training.device import keep_fp32_master_weights
     from leantune.training.engine import Engine, seed_everything
 
     path = resolve_model_path(MODEL)
@@ -55,12 +57,13 @@ def profile(precision: str, steps: int) -> dict:
     recipe = Recipe.model_validate({
         "model": MODEL, "method": [{"name": "lora", **LORA}],
         "train": {"batch_size": BATCH, "max_length": MAX_LENGTH, "lr": LR["lora"], "max_steps": steps + 1,
-                  "precision": precision, "seed": SEED, "logging_steps": 1},
+                  "precision": precision, "seed": SEED, "logging_steps": 1, "group_by_length": True},
     })
     seed_everything(SEED)
     method = build_method(recipe.method[0])
-    model = method.apply(load_model(path, "causal_lm", recipe.model.dtype, pad_token_id=tokenizer.pad_token_id),
-                         "causal_lm")
+    dtype = "bfloat16" if precision == "bf16" else "float32"  # model.dtype auto on a bf16 CPU (pipeline._model_dtype)
+    model = method.apply(load_model(path, "causal_lm", dtype, pad_token_id=tokenizer.pad_token_id), "causal_lm")
+    keep_fp32_master_weights(model)
     prof = torch.profiler.profile(activities=[ProfilerActivity.CPU], record_shapes=True)
     marks: dict[str, float] = {}
 

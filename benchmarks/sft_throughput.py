@@ -118,6 +118,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     from leantune.methods.registry import build_method
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
+    from leantune.training.device import resolve_precision
     from leantune.training.engine import Engine, seed_everything
 
     path = resolve_model_path(MODEL)
@@ -132,7 +133,8 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     })
     seed_everything(SEED)
     method = build_method(recipe.method[0])
-    model = load_model(path, "causal_lm", recipe.model.dtype, extra=method.load_kwargs(),
+    dtype = "bfloat16" if resolve_precision(precision, torch.device("cpu")) == "bf16" else "float32"  # model.dtype auto
+    model = load_model(path, "causal_lm", dtype, extra=method.load_kwargs(),
                        pad_token_id=tokenizer.pad_token_id)
     model = stage.attach(method.apply(model, "causal_lm"))
     rss_loaded = current_rss_mb()
@@ -158,7 +160,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     clock.finish()
     peak_training = peak_rss_mb()
     return {
-        "precision": engine.precision, "threads": torch.get_num_threads(), "steps": clock.steps,
+        "precision": engine.precision, "weights": dtype, "threads": torch.get_num_threads(), "steps": clock.steps,
         "train_losses": [h["loss"] for h in result.history if "loss" in h],
         "loss_after": loss_after(model, stage, eval_features),
         "rss_after_load_mb": rss_loaded, "peak_rss_training_mb": peak_training, "peak_rss_mb": peak_rss_mb(),
@@ -188,7 +190,12 @@ def worker_trl(method_name: str, precision: str, steps: int, clock: StepClock, o
     if method_name == "qlora":  # as leantune's qlora defaults: NF4, double quantization, fp32 compute on CPU
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                           bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=quantization)
+    # bf16 at equal settings: frozen weights in bf16 as leantune's model.dtype auto loads them (PEFT keeps the
+    # adapter fp32); at its defaults TRL loads the checkpoint's dtype, fp32 for the packaged model
+    half = precision == "bf16" and options != SETTINGS["defaults"][1] and method_name != "full"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if half else torch.float32,
+                                                 quantization_config=quantization)
+    weights = str(model.dtype).removeprefix("torch.")
     peft_config = None
     if method_name in ("lora", "qlora"):
         peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear",
@@ -242,7 +249,8 @@ def worker_trl(method_name: str, precision: str, steps: int, clock: StepClock, o
                     "same_input_ids_as_leantune": f"{same_ids}/{len(features)}"}
     peak_training = peak_rss_mb()
     return {
-        "precision": precision, "threads": torch.get_num_threads(), "steps": clock.steps,
+        "precision": precision, "weights": weights, "threads": torch.get_num_threads(),
+        "steps": clock.steps,
         "train_losses": train_losses, "loss_after": loss_after(model, stage, features),
         "rss_after_load_mb": rss_loaded, "peak_rss_training_mb": peak_training, "peak_rss_mb": peak_rss_mb(),
         "settings": settings,

@@ -80,13 +80,18 @@ def peak_memory_mb(device: torch.device | None = None) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
 
 
-def _model_dtype(recipe: Recipe, runtime: Runtime) -> str:
-    """``model.dtype: auto``: on a GPU the run's half type (frozen weights take half the memory;
-    trainable ones are kept in fp32), else fp32."""
+def _model_dtype(recipe: Recipe, runtime: Runtime, stage) -> str:
+    """``model.dtype: auto``: the run's half type where it trains in one: on a GPU, and on a CPU
+    training in bf16 through the shared engine (stages with their own loop keep fp32 there).
+    Frozen weights take half the memory and autocast no longer re-casts them at every forward
+    (LoRA SFT of SmolLM2-135M on one Xeon core: 26 → 35 response tokens/s, 2.75 → 2.23 GB);
+    trainable ones are kept in fp32 (``keep_fp32_master_weights``). Else fp32."""
     if recipe.model.dtype != "auto":
         return recipe.model.dtype
     if runtime.device.type == "cuda":
         return {"bf16": "bfloat16", "fp16": "float16"}.get(runtime.precision, "float32")
+    if runtime.precision == "bf16" and stage.trains and not stage.custom_loop:
+        return "bfloat16"
     return "float32"
 
 
@@ -139,7 +144,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     estimate = _estimate_before(recipe, config, stage, data, say) if stage.trains else None
     forgetting = (forgetting_probe(recipe.eval.forgetting, tokenizer, base_dir, stage.head_name)
                   if stage.trains else None)  # eval.forgetting: files read before the model loads
-    model = load_model(model_path, stage.head_name, _model_dtype(recipe, runtime), recipe.model.trust_remote_code,
+    model_dtype = _model_dtype(recipe, runtime, stage)
+    model = load_model(model_path, stage.head_name, model_dtype, recipe.model.trust_remote_code,
                        _load_kwargs(method, runtime), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
     model = move_to_device(model, runtime.device)
     if not stage.trains:
@@ -176,7 +182,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
             meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path),
                     "base_model": record_base(recipe.model.name, model_path, run_dir),
                     "head": stage.head_name, "labels": data.labels, "device": str(runtime.device),
-                    "precision": runtime.precision, "strategy": runtime.strategy, "processes": runtime.world_size,
+                    "precision": runtime.precision, "model_dtype": model_dtype, "strategy": runtime.strategy,
+                    "processes": runtime.world_size,
                     "effective_batch": effective}
             if docs is not None:
                 meta[CORPUS_KEY] = str(docs.path.resolve())

@@ -87,6 +87,34 @@ def test_master_weights_are_fp32_and_frozen_weights_keep_their_type():
     assert model[0].weight.dtype == torch.bfloat16
 
 
+def test_a_module_with_a_trainable_parameter_becomes_one_dtype():
+    """BitFit on a half model: a LayerNorm whose bias trains keeps its weight beside it in fp32
+    (torch's CPU layer norm refuses a bf16 weight with an fp32 bias); half inputs still pass."""
+    norm = torch.nn.LayerNorm(8).to(torch.bfloat16)
+    norm.weight.requires_grad_(False)
+    assert keep_fp32_master_weights(norm) == 1
+    assert norm.weight.dtype == norm.bias.dtype == torch.float32
+    x = torch.randn(3, 8)
+    expected = torch.nn.functional.layer_norm(x, (8,), norm.weight.detach(), norm.bias.detach())
+    torch.testing.assert_close(norm(x.to(torch.bfloat16)).float(), expected, atol=0.05, rtol=0.02)
+
+
+def test_a_trainable_embedding_in_a_half_model_returns_the_half_type():
+    """Embedding tuning on a bf16 model: the table trains in fp32, its output joins the bf16 stream."""
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4)).to(torch.bfloat16)
+    model[1].requires_grad_(False)
+    assert keep_fp32_master_weights(model) == 1
+    assert model[0].weight.dtype == torch.float32 and model[1].weight.dtype == torch.bfloat16
+    ids = torch.tensor([[1, 2, 3]])
+    out = model(ids)  # a bf16 LayerNorm given fp32 input would raise
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.dtype == torch.float32
+    full = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4)).to(torch.bfloat16)
+    keep_fp32_master_weights(full)  # everything trains: an fp32 model, no cast back
+    assert full(ids).dtype == torch.float32
+
+
 @pytest.mark.parametrize("train, gpus, processes, expected", [
     ({}, 0, 1, "single"),
     ({}, 0, 2, "ddp"),

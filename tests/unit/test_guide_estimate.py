@@ -186,18 +186,26 @@ def test_qlora_cpu_autocast_keeps_fp32_mlp(llama):
 
 
 def test_recipe_precision_on_cpu_is_autocast():
-    """``train.precision: bf16`` on CPU is autocast over fp32 weights (the engine), not pure bf16."""
+    """``train.precision: bf16`` on CPU is autocast with fp32 master weights, not pure bf16; the frozen
+    weights are bf16 for engine stages (``pipeline._model_dtype``), fp32 for stages with their own loop."""
     from leantune.recipe import load_recipe
 
     recipe = load_recipe(raw={"model": "smollm2-135m", "method": "lora", "train": {"precision": "bf16"}})
-    assert setting_from_recipe(recipe, device="cpu").precision == "mixed"
+    cpu = setting_from_recipe(recipe, device="cpu")
+    assert (cpu.precision, cpu.weight_dtype) == ("mixed", "bf16")
+    dpo = setting_from_recipe(load_recipe(raw={"model": "smollm2-135m", "method": "lora", "stage": "dpo",
+                                               "train": {"precision": "bf16"}}), device="cpu")
+    assert (dpo.precision, dpo.weight_dtype) == ("mixed", None)
     # GPU: model.dtype auto loads frozen weights in bf16, trainable ones are fp32 master weights under
     # autocast (pipeline._model_dtype, keep_fp32_master_weights); was pure bf16 (bf16 trainable + moments)
     gpu = setting_from_recipe(recipe, device="cuda")
     assert (gpu.precision, gpu.weight_dtype) == ("mixed", "bf16")
     half = load_recipe(raw={"model": {"name": "smollm2-135m", "dtype": "bfloat16"}, "method": "lora",
                             "train": {"precision": "bf16"}})
-    assert setting_from_recipe(half, device="cpu").precision == "bf16"  # bf16 weights: pure bf16
+    assert setting_from_recipe(half, device="cpu").weight_dtype == "bf16"
+    fp32 = load_recipe(raw={"model": {"name": "smollm2-135m", "dtype": "float32"}, "method": "lora",
+                            "train": {"precision": "bf16"}})
+    assert setting_from_recipe(fp32, device="cpu").weight_dtype is None
 
 
 def test_activation_formula_matches_autograd_bert_dropout():

@@ -305,6 +305,61 @@ def test_cls_on_bert(tiny_model_dir, tmp_path):
         assert again[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("stage,fmt,arch,head,setting,expected", [
+    ("sft", "alpaca", "llama", "causal_lm", None, True),
+    ("pt", "text", "llama", "causal_lm", None, True),
+    ("cls", "classification", "bert", "seq_cls", None, False),
+    ("cls", "classification", "bert", "seq_cls", True, True),
+    ("sft", "alpaca", "llama", "causal_lm", False, False),
+])
+def test_length_grouping_unset_follows_the_stage(tiny_model_dir, tmp_path, monkeypatch, stage, fmt, arch, head,
+                                                 setting, expected):
+    """Unset ``train.group_by_length``: on where every token is a target (sft, pt), off for one label
+    per example; a value in the recipe wins. The engine plans with it and the run records it."""
+    import leantune.training.engine as engine_module
+
+    planned = []
+    real_plan = engine_module.batch_plan
+
+    def recording_plan(lengths, batch_size, seed, epoch, group_by_length):
+        planned.append(group_by_length)
+        return real_plan(lengths, batch_size, seed, epoch, group_by_length)
+
+    monkeypatch.setattr(engine_module, "batch_plan", recording_plan)
+    train_section = {"max_steps": 2, "save_steps": None}
+    if setting is not None:
+        train_section["group_by_length"] = setting
+    recipe = make_recipe(tiny_model_dir(arch, head=head), tmp_path, stage=stage, fmt=fmt, train=train_section)
+    assert recipe.train.group_by_length is expected  # resolved with the recipe: resume and the CLI compare it
+    summary = train(recipe, progress=False)
+    assert planned and set(planned) == {expected}
+    meta = json.loads((Path(summary.run_dir) / "run.json").read_text())
+    assert meta["recipe"]["train"]["group_by_length"] is expected
+
+
+@pytest.mark.parametrize("stage,fmt,arch,head,method", [
+    ("sft", "alpaca", "llama", "causal_lm", "lora"),
+    ("cls", "classification", "bert", "seq_cls", "lora"),      # fp32 head after bf16 layers
+    ("cls", "classification", "bert", "seq_cls", "bitfit"),    # a LayerNorm whose bias trains
+    ("cls", "classification", "bert", "seq_cls", "embedding"),  # an fp32 table before a bf16 LayerNorm
+])
+def test_bf16_on_cpu_loads_frozen_weights_in_bf16_and_trains_as_fp32_weights_do(tiny_model_dir, tmp_path, stage,
+                                                                                 fmt, arch, head, method):
+    """``model.dtype: auto`` under bf16 on a CPU: frozen weights bf16, trainable ones fp32; training and
+    evaluation (under autocast, as the model mixes types) give the losses of fp32 weights under autocast."""
+    losses = {}
+    for dtype in ("auto", "float32"):
+        recipe = make_recipe(tiny_model_dir(arch, head=head), tmp_path / dtype, stage=stage, fmt=fmt, method=method,
+                             train={"precision": "bf16", "max_steps": 3, "save_steps": None})
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"dtype": dtype})})
+        summary = train(recipe, progress=False)
+        meta = json.loads((Path(summary.run_dir) / "run.json").read_text())
+        assert meta["model_dtype"] == ("bfloat16" if dtype == "auto" else "float32")
+        losses[dtype] = json.loads((Path(summary.run_dir) / "eval.json").read_text())["after"]["loss"]
+    assert math.isfinite(losses["auto"])
+    assert losses["auto"] == pytest.approx(losses["float32"], rel=0.02)
+
+
 # --------------------------------------------------------------------------- invalid rows
 
 def bad_alpaca(folder: Path) -> Path:

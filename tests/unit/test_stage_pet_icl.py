@@ -48,9 +48,10 @@ def _falls(losses: list[float]) -> bool:
 
 def test_pet_masked_lm_loss_falls(tmp_path, tiny_model_dir):
     stage = {"name": "pet", "templates": ["{text} It was {mask}."], "verbalizer": {"x": "p", "y": "q"}}
-    s = train(_recipe(tmp_path, tiny_model_dir("bert", "masked_lm"), stage), progress=False)
+    # 32 steps: in 16, whether full fine-tuning at lr 1e-2 leaves chance level (0.69) depends on the batch order
+    s = train(_recipe(tmp_path, tiny_model_dir("bert", "masked_lm"), stage, train={"max_steps": 32}), progress=False)
     losses = _losses(s)
-    assert len(losses) == 16 and _falls(losses), losses
+    assert len(losses) == 32 and _falls(losses), losses
     assert {"accuracy", "macro_f1", "loss"} <= set(s.eval_after)
     assert s.eval_after["loss"] < s.eval_before["loss"]
     info = json.loads((Path(s.run_dir) / "adapter" / "prompting.json").read_text())

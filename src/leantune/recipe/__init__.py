@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import RecipeError
 from ..validation import format_validation_error
 from ..yaml_source import MAX_NODES, Marks, expanded_size, locate, read_yaml
 from .foreign import translate_foreign
 from .method_settings import validate_method_settings
-from .stage_settings import validate_stage_settings
+from .stage_settings import LENGTH_GROUPED_STAGES, validate_stage_settings
 
 
 class Section(BaseModel):
@@ -117,8 +117,11 @@ class TrainSection(Section):
                                   "distributed.strategy: deepspeed.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
-    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding): "
-                                  "sorted within windows of at most 4 batches, so batches stay mixed.")
+    group_by_length: bool | None = Field(
+        None, description="Batch examples of similar length together (less padding): sorted within windows of at "
+                          "most 4 batches, so batches stay mixed. Unset: on for sft and pt (every token a target, "
+                          "lengths vary), off for stages with one label per example (where length can stand for "
+                          "the label, grouped batches hold one label).")
     packing: bool = Field(False, description="sft and pt on causal LMs: whole examples packed into rows of up to "
                           "max_length tokens (first-fit decreasing), position ids restarting and attention kept "
                           "within each example; no padding, the same loss as unpacked. batch_size counts rows.")
@@ -245,6 +248,13 @@ class Recipe(Section):
     @classmethod
     def _stage_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _batching_for_the_stage(self) -> "Recipe":
+        """``train.group_by_length`` left unset: on for the stages where every token is a target."""
+        if self.train.group_by_length is None:
+            self.train.group_by_length = self.stage.get("name") in LENGTH_GROUPED_STAGES
+        return self
 
     @property
     def run_name(self) -> str:

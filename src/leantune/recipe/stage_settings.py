@@ -15,6 +15,10 @@ from ..registry import lookup
 from .method_settings import entry_place, split_name, validated
 from .template import Template
 
+# train.group_by_length when a recipe leaves it unset: on where every token is a target and lengths
+# vary; off where one label stands for an example (grouped batches could hold one label)
+LENGTH_GROUPED_STAGES = frozenset({"sft", "pt"})
+
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)

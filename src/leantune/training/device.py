@@ -101,15 +101,28 @@ def autocast_context(precision: str, device: torch.device):
 
 
 def keep_fp32_master_weights(model: nn.Module) -> int:
-    """Trainable parameters stored in bf16/fp16 (e.g. a full fine-tune of weights loaded with
-    ``model.dtype: auto`` on a GPU) become fp32, so optimizer updates are not rounded away;
-    autocast still runs the matmuls in the half type. Frozen weights keep their dtype.
-    Returns how many parameters were converted."""
-    converted = 0
-    for p in model.parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+    """Trainable parameters stored in bf16/fp16 (frozen weights loaded in the half type by
+    ``model.dtype: auto``) become fp32, so optimizer updates are not rounded away; autocast
+    still runs the matmuls in the half type. Frozen weights keep their dtype, except beside a
+    trainable one in the same module (a LayerNorm whose bias trains: its ops need one dtype).
+    An embedding that becomes fp32 in a model that stays half returns the half type, as the
+    layers after it (a LayerNorm outside autocast) expect. Returns how many parameters were converted."""
+    converted, embeddings = 0, []
+    for module in model.modules():
+        params = [p for p in module.parameters(recurse=False) if p.dtype in (torch.bfloat16, torch.float16)]
+        if not any(p.requires_grad for p in params):
+            continue
+        half = params[0].dtype
+        for p in params:
+            grad, p.grad = p.grad, None  # a gradient left by work before training (PET's autoprompt search)
             p.data = p.data.float()
-            converted += 1
+            p.grad = None if grad is None else grad.float()
+            converted += p.requires_grad
+        if isinstance(module, nn.Embedding):
+            embeddings.append((module, half))
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        for module, half in embeddings:
+            module.register_forward_hook(lambda _m, _inputs, out, half=half: out.to(half))
     return converted
 
 

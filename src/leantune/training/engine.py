@@ -103,7 +103,8 @@ def batch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int, group
     where length decides the label, batches hold one label. Padding (random / 50 / these
     windows; benchmarks/batching.py): demo SFT data 15.1 / 0.6 / 5.8%, 128 few-shot posts
     16 / 2.6 / 6.4%, 64 posts at ≤ 512 tokens 51 / 10 / 32% (at ≤ 128 tokens, most posts
-    cut to the same length: 12 / 4 / 12%).
+    cut to the same length: 12 / 4 / 12%). A recipe that leaves ``group_by_length`` unset
+    gets it on for sft and pt only (``recipe.stage_settings.LENGTH_GROUPED_STAGES``).
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths)).tolist()
