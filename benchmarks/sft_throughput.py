@@ -118,7 +118,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     from leantune.methods.registry import build_method
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
-    from leantune.training.device import resolve_precision
+    from leantune.training.device import keep_fp32_master_weights, resolve_precision
     from leantune.training.engine import Engine, seed_everything
 
     path = resolve_model_path(MODEL)
@@ -137,6 +137,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     model = load_model(path, "causal_lm", dtype, extra=method.load_kwargs(),
                        pad_token_id=tokenizer.pad_token_id)
     model = stage.attach(method.apply(model, "causal_lm"))
+    keep_fp32_master_weights(model)  # as the pipeline does: trainable weights fp32 whatever was loaded
     rss_loaded = current_rss_mb()
     pending: dict = {}
 
