@@ -196,6 +196,9 @@ def test_recipe_precision_on_cpu_is_autocast():
     dpo = setting_from_recipe(load_recipe(raw={"model": "smollm2-135m", "method": "lora", "stage": "dpo",
                                                "train": {"precision": "bf16"}}), device="cpu")
     assert (dpo.precision, dpo.weight_dtype) == ("mixed", None)
+    full = setting_from_recipe(load_recipe(raw={"model": "smollm2-135m", "method": "full",
+                                                "train": {"precision": "bf16"}}), device="cpu")
+    assert (full.precision, full.weight_dtype) == ("mixed", None)  # whole layers train: fp32 weights on CPU
     # GPU: model.dtype auto loads frozen weights in bf16, trainable ones are fp32 master weights under
     # autocast (pipeline._model_dtype, keep_fp32_master_weights); was pure bf16 (bf16 trainable + moments)
     gpu = setting_from_recipe(recipe, device="cuda")

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from ..recipe.stage_settings import WHOLE_LAYER_METHODS
 from ..stages.registry import get_stage_class
 from ..training.device import cpu_has_native_bf16
 from .model_shape import load_shape, shape_from_config
@@ -43,7 +44,8 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
             prec = "bf16" if cpu_has_native_bf16() else "fp32"
         if prec in ("bf16", "fp16"):  # autocast; model.dtype auto: bf16 frozen weights for engine stages
             stage = get_stage_class(recipe.stage["name"])
-            auto = "bf16" if stage.trains and not stage.custom_loop else "fp32"
+            whole = any(m["name"] in WHOLE_LAYER_METHODS for m in recipe.method)
+            auto = "bf16" if stage.trains and not stage.custom_loop and not whole else "fp32"
             loaded = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(recipe.model.dtype, auto)
             prec, weight_dtype = "mixed", (loaded if loaded != "fp32" else None)
     dist = recipe.train.distributed
