@@ -30,10 +30,9 @@ from .models.loading import count_parameters, load_config, load_model, load_toke
 from .models.reference import record_base
 from .prompting.documentation import CORPUS_KEY, Documentation, documentation_for, documentation_of_run
 from .recipe import Recipe
-from .recipe.stage_settings import WHOLE_LAYER_METHODS
 from .report.run_report import write_report
 from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
-from .stages.registry import build_stage
+from .stages.registry import build_stage, half_weights_on_cpu
 from .training.device import keep_fp32_master_weights, move_to_device
 from .training.engine import Engine, count_total_steps, seed_everything
 from .training.runtime import Runtime, build_runtime, check_method_fits
@@ -83,19 +82,15 @@ def peak_memory_mb(device: torch.device | None = None) -> tuple[float, str]:
 
 def _model_dtype(recipe: Recipe, runtime: Runtime, stage) -> str:
     """``model.dtype: auto``: the run's half type where it trains in one: on a GPU, and on a CPU
-    training in bf16 through the shared engine (stages with their own loop keep fp32 there).
-    Frozen weights take half the memory and autocast no longer re-casts them at every forward
-    (LoRA SFT of SmolLM2-135M on one Xeon core: 26 → 35 response tokens/s, 2.75 → 2.23 GB).
-    Not for methods that train whole layers (``WHOLE_LAYER_METHODS``): full fine-tuning from
-    bf16-loaded weights learned markedly less there (loss 3.88 against 3.50 after 12 steps) and
-    gained no speed;
-    trainable ones are kept in fp32 (``keep_fp32_master_weights``). Else fp32."""
+    training in bf16 where ``half_weights_on_cpu`` says so. Frozen weights take half the memory
+    and autocast no longer re-casts them at every forward (LoRA SFT of SmolLM2-135M on one Xeon
+    core: 26 → 35 response tokens/s, 2.75 → 2.23 GB); trainable ones are kept in fp32
+    (``keep_fp32_master_weights``). Else fp32."""
     if recipe.model.dtype != "auto":
         return recipe.model.dtype
     if runtime.device.type == "cuda":
         return {"bf16": "bfloat16", "fp16": "float16"}.get(runtime.precision, "float32")
-    if runtime.precision == "bf16" and stage.trains and not stage.custom_loop \
-            and not any(m["name"] in WHOLE_LAYER_METHODS for m in recipe.method):
+    if runtime.precision == "bf16" and half_weights_on_cpu(stage, recipe.method):
         return "bfloat16"
     return "float32"
 

@@ -10,8 +10,7 @@ import os
 
 import torch
 
-from ..recipe.stage_settings import WHOLE_LAYER_METHODS
-from ..stages.registry import get_stage_class
+from ..stages.registry import get_stage_class, half_weights_on_cpu
 from ..training.device import cpu_has_native_bf16
 from .model_shape import load_shape, shape_from_config
 from .peak_memory import Estimate, Setting, estimate
@@ -25,8 +24,8 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
     On a GPU the pipeline trains under autocast (bf16, fp16 before Ampere) with the frozen weights in
     ``model.dtype`` (``auto``: the autocast type, ``pipeline._model_dtype``) and every trainable parameter
     as an fp32 master weight (``keep_fp32_master_weights``): precision ``mixed`` with ``weight_dtype``.
-    On a CPU the same under bf16 (``auto`` where the CPU has it), the frozen weights in bf16 for stages
-    that train through the shared engine.
+    On a CPU the same under bf16 (``auto`` where the CPU has it), the frozen weights in bf16 where
+    ``stages.registry.half_weights_on_cpu`` says so.
     ``gpus``: the processes (default: ``WORLD_SIZE``), sharded as ``train.distributed`` says."""
     device = device or ("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu")
     device = "cuda" if device.startswith("cuda") else "cpu"
@@ -43,9 +42,7 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
         if prec == "auto":
             prec = "bf16" if cpu_has_native_bf16() else "fp32"
         if prec in ("bf16", "fp16"):  # autocast; model.dtype auto: bf16 frozen weights for engine stages
-            stage = get_stage_class(recipe.stage["name"])
-            whole = any(m["name"] in WHOLE_LAYER_METHODS for m in recipe.method)
-            auto = "bf16" if stage.trains and not stage.custom_loop and not whole else "fp32"
+            auto = "bf16" if half_weights_on_cpu(get_stage_class(recipe.stage["name"]), recipe.method) else "fp32"
             loaded = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(recipe.model.dtype, auto)
             prec, weight_dtype = "mixed", (loaded if loaded != "fp32" else None)
     dist = recipe.train.distributed

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
+from .modes import HALF_TYPES
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
@@ -109,7 +110,7 @@ def keep_fp32_master_weights(model: nn.Module) -> int:
     layers after it (a LayerNorm outside autocast) expect. Returns how many parameters were converted."""
     converted, embeddings = 0, []
     for module in model.modules():
-        params = [p for p in module.parameters(recurse=False) if p.dtype in (torch.bfloat16, torch.float16)]
+        params = [p for p in module.parameters(recurse=False) if p.dtype in HALF_TYPES]
         if not any(p.requires_grad for p in params):
             continue
         half = params[0].dtype
@@ -120,7 +121,7 @@ def keep_fp32_master_weights(model: nn.Module) -> int:
             converted += p.requires_grad
         if isinstance(module, nn.Embedding):
             embeddings.append((module, half))
-    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+    if any(p.dtype in HALF_TYPES for p in model.parameters()):
         for module, half in embeddings:
             module.register_forward_hook(lambda _m, _inputs, out, half=half: out.to(half))
     return converted
