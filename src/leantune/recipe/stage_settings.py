@@ -18,7 +18,8 @@ from .template import Template
 # train.group_by_length when a recipe leaves it unset: on where every token is a target and lengths
 # vary; off where one label stands for an example (grouped batches could hold one label)
 LENGTH_GROUPED_STAGES = frozenset({"sft", "pt"})
-# methods that train whole layers: on a CPU, model.dtype auto keeps their weights fp32 (stages.registry.half_weights_on_cpu)
+# methods that train whole layers: on a CPU, model.dtype auto keeps their weights fp32
+# (stages.registry.half_weights_on_cpu)
 WHOLE_LAYER_METHODS = frozenset({"full", "llrd", "freeze"})
 
 
