@@ -118,6 +118,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     from leantune.methods.registry import build_method
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
+    from leantune.stages.registry import half_weights_on_cpu
     from leantune.training.device import keep_fp32_master_weights, resolve_precision
     from leantune.training.engine import Engine, seed_everything
 
@@ -133,7 +134,8 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     })
     seed_everything(SEED)
     method = build_method(recipe.method[0])
-    dtype = "bfloat16" if resolve_precision(precision, torch.device("cpu")) == "bf16" else "float32"  # model.dtype auto
+    half = resolve_precision(precision, torch.device("cpu")) == "bf16" and half_weights_on_cpu(stage, recipe.method)
+    dtype = "bfloat16" if half else "float32"  # model.dtype auto, as the pipeline resolves it
     model = load_model(path, "causal_lm", dtype, extra=method.load_kwargs(),
                        pad_token_id=tokenizer.pad_token_id)
     model = stage.attach(method.apply(model, "causal_lm"))

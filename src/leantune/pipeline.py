@@ -33,7 +33,7 @@ from .recipe import Recipe
 from .report.run_report import write_report
 from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
 from .stages.registry import build_stage, half_weights_on_cpu
-from .training.device import keep_fp32_master_weights, move_to_device
+from .training.device import autocast_context, keep_fp32_master_weights, move_to_device, recorded_precision_on
 from .training.engine import Engine, count_total_steps, seed_everything
 from .training.runtime import Runtime, build_runtime, check_method_fits
 from .training.trackers import check_trackers, report_metrics
@@ -95,6 +95,14 @@ def _model_dtype(recipe: Recipe, runtime: Runtime, stage) -> str:
     return "float32"
 
 
+def _evaluation_precision(runtime: Runtime) -> Callable:
+    """A fresh autocast context per call: evaluation computes in the run's precision, as training
+    did and as HF ``Trainer`` evaluates under its mixed precision. On a CPU with AMX this is the
+    difference between fp32 and bf16 matrix units (classification evaluation of MiniLM-L6 on one
+    Xeon core: ``benchmarks/eval_speed.py``)."""
+    return lambda: autocast_context(runtime.precision, runtime.device)[0]
+
+
 def _load_kwargs(method, runtime: Runtime) -> dict:
     """The method's loading arguments; a quantized (QLoRA) model goes straight to this process's GPU."""
     kwargs = dict(method.load_kwargs())
@@ -151,20 +159,24 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if not stage.trains:
         return evaluate_only(recipe, stage, model, tokenizer, data, run_dir, model_path, say, runtime)
     eval_bs = recipe.eval.batch_size
+    in_precision = _evaluation_precision(runtime)
     prompts = recipe.eval.prompts if stage.head_name == "causal_lm" else []
     before, answers_before = None, []
     evaluates = runtime.is_main or runtime.sharded  # a sharded model needs every process in its forward
     if recipe.eval.before and data.eval and evaluates:
         say("evaluating the base model …")
-        before = stage.evaluate(model, data.eval, eval_bs)
+        with in_precision():
+            before = stage.evaluate(model, data.eval, eval_bs)
     rows_before: list[dict] = []
     if gen and recipe.eval.before and evaluates:
         say(f"answering {len(gen.items)} held-out examples for eval.metrics …")
-        scores, rows_before = gen.run(model, tokenizer)
+        with in_precision():
+            scores, rows_before = gen.run(model, tokenizer)
         before = {**(before or {}), **scores}
     if forgetting is not None and recipe.eval.before and evaluates:
         say("forgetting probe on the base model …")
-        before = {**(before or {}), **forgetting.measure(model, eval_bs)}
+        with in_precision():
+            before = {**(before or {}), **forgetting.measure(model, eval_bs)}
     check_ranking_metric(recipe, before or {})
     ask = _asking(docs, recipe, tokenizer)
     if prompts and evaluates:
@@ -204,9 +216,12 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                                       runtime=runtime)
             precision = stage.precision
         else:
+            def evaluate(m):
+                with in_precision():
+                    return {**stage.evaluate(m, data.eval, eval_bs), **(gen.run(m, tokenizer)[0] if gen else {})}
+
             engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
-                            evaluate=(lambda m: {**stage.evaluate(m, data.eval, eval_bs),
-                                                 **(gen.run(m, tokenizer)[0] if gen else {})}) if data.eval else None,
+                            evaluate=evaluate if data.eval else None,
                             after_optimizer_step=method.after_optimizer_step, progress=progress,
                             param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
             result = engine.fit(resume=resume)
@@ -218,13 +233,14 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                     stage.save_extra(model, tmp)
                     tokenizer.save_pretrained(tmp)
                     ship_folder(tmp, tokenizer, recipe, stage.head_name, merged=False, run_dir=run_dir)
-        after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
-        rows_after: list[dict] = []
-        if gen and evaluates:
-            scores, rows_after = gen.run(model, tokenizer)
-            after = {**after, **scores}
-        if forgetting is not None and evaluates:
-            after = {**after, **forgetting.measure(model, eval_bs)}
+        with in_precision():
+            after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
+            rows_after: list[dict] = []
+            if gen and evaluates:
+                scores, rows_after = gen.run(model, tokenizer)
+                after = {**after, **scores}
+            if forgetting is not None and evaluates:
+                after = {**after, **forgetting.measure(model, eval_bs)}
         answers_after = generate_answers(model, tokenizer, prompts, recipe.data.template, recipe.eval.max_new_tokens,
                                          prepare=ask) if prompts and evaluates else []
         if not runtime.is_main:  # the files are rank 0's
@@ -303,12 +319,14 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
         raise RecipeError(f"stage {stage.name} does not train: run it in one process (without --nproc)")
     with open_run_dir(run_dir, False, say):
         meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path), "head": stage.head_name,
-                "labels": data.labels, "base_model": record_base(recipe.model.name, model_path, run_dir)}
+                "labels": data.labels, "base_model": record_base(recipe.model.name, model_path, run_dir),
+                "precision": runtime.precision}
         atomic_write_text(run_dir / RUN_META, json.dumps(meta, indent=2))
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         say(f"stage {stage.name} does not train: the method ({'+'.join(m['name'] for m in recipe.method)}) is not applied")
         t0 = time.perf_counter()
-        metrics = stage.evaluate(model, data.eval, recipe.eval.batch_size) if data.eval else {}
+        with _evaluation_precision(runtime)():
+            metrics = stage.evaluate(model, data.eval, recipe.eval.batch_size) if data.eval else {}
         wall = time.perf_counter() - t0
         details = getattr(stage, "eval_details", None) or {}
         _, total = count_parameters(model)
@@ -316,7 +334,7 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
         summary = RunSummary(
             name=recipe.run_name, run_dir=str(run_dir), model=recipe.model.name, method="none", stage=stage.name,
             trainable_params=0, total_params=total, train_examples=len(data.train), eval_examples=len(data.eval),
-            wall_time_s=wall, precision="fp32", peak_memory_mb=peak, memory_kind=kind, eval_after=metrics,
+            wall_time_s=wall, precision=runtime.precision, peak_memory_mb=peak, memory_kind=kind, eval_after=metrics,
             notes=[f"{stage.name}: no training; evaluation of the base model"],
         )
         write_report(run_dir, summary.as_dict())  # writes eval.json {before, after}; extended below
@@ -356,9 +374,12 @@ def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], N
     if not prepared.eval:
         raise LeantuneError(f"{run_dir}: no evaluation data (pass --data FILE)")
     stage.load_extra(run.model, run.run_dir / "adapter")
-    result = stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
+    device = next(run.model.parameters()).device
+    with autocast_context(recorded_precision_on(run.precision, device), device)[0]:  # as the run evaluated
+        result = stage.evaluate(run.model, prepared.eval, recipe.eval.batch_size)
+        if gen is not None:
+            scores, rows = gen.run(run.model, run.tokenizer)
     if gen is not None:
-        scores, rows = gen.run(run.model, run.tokenizer)
         say(f"answers to {len(rows)} of {gen.total} examples: {write_predictions(target, rows)}")
         result = {**result, **scores}
     return result

@@ -361,6 +361,47 @@ def test_bf16_on_cpu_loads_frozen_weights_in_bf16_and_trains_as_fp32_weights_do(
     assert losses["auto"] == pytest.approx(losses["float32"], rel=0.02)
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_evaluation_computes_in_the_runs_precision(tiny_model_dir, tmp_path, monkeypatch, method):
+    """A run training under bf16 evaluates under bf16 autocast too (as HF Trainer does), before and
+    after training; ``leantune eval`` (``evaluate_run``) evaluates in the recorded precision and, where
+    the reloaded weights are those that trained (full fine-tuning keeps fp32 on a CPU), reproduces the
+    run's metrics exactly."""
+    from leantune.stages.cls import Classification
+
+    seen = []
+    real_evaluate = Classification.evaluate
+
+    def recording_evaluate(self, model, features, batch_size):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return real_evaluate(self, model, features, batch_size)
+
+    monkeypatch.setattr(Classification, "evaluate", recording_evaluate)
+    recipe = make_recipe(tiny_model_dir("bert", head="seq_cls"), tmp_path, stage="cls", fmt="classification",
+                         method=method, train={"precision": "bf16", "max_steps": 2, "save_steps": None})
+    summary = train(recipe, progress=False)
+    assert json.loads((Path(summary.run_dir) / "run.json").read_text())["precision"] == "bf16"
+    assert seen == [torch.bfloat16, torch.bfloat16]  # before and after training
+    again = evaluate_run(Path(summary.run_dir))
+    assert seen[2:] == [torch.bfloat16]
+    if method == "full":
+        assert again["loss"] == pytest.approx(summary.eval_after["loss"], rel=1e-9)
+        in_fp32 = reevaluate(load_run(summary.run_dir))
+        assert in_fp32["loss"] != pytest.approx(summary.eval_after["loss"], rel=1e-9)
+
+
+def test_recorded_precision_is_used_only_where_the_device_has_it(monkeypatch):
+    import leantune.training.device as device_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    assert device_module.recorded_precision_on("bf16", cpu) == "fp32"  # not emulated
+    assert device_module.recorded_precision_on("fp16", cpu) == "fp32"  # a GPU run evaluated on a CPU
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    assert device_module.recorded_precision_on("bf16", cpu) == "bf16"
+    assert device_module.recorded_precision_on("fp32", cpu) == "fp32"
+
+
 # --------------------------------------------------------------------------- invalid rows
 
 def bad_alpaca(folder: Path) -> Path:

@@ -24,6 +24,7 @@ class LoadedRun:
     head: str
     labels: list[str] | None
     run_dir: Path
+    precision: str = "fp32"  # what the run trained and evaluated in (run.json), fp32 for older runs
 
 
 def load_run(run_dir: str | Path, quantized: bool = True, base: str | Path | None = None) -> LoadedRun:
@@ -41,4 +42,5 @@ def load_run(run_dir: str | Path, quantized: bool = True, base: str | Path | Non
     base_model = load_model(base_path, meta["head"], recipe.model.dtype, recipe.model.trust_remote_code,
                             load_kwargs, labels=meta.get("labels"), pad_token_id=tokenizer.pad_token_id)
     model = method.load(base_model, adapter, meta["head"])
-    return LoadedRun(model, tokenizer, recipe, method, meta["head"], meta.get("labels"), run_dir)
+    return LoadedRun(model, tokenizer, recipe, method, meta["head"], meta.get("labels"), run_dir,
+                     meta.get("precision") or "fp32")

@@ -101,6 +101,15 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype), precision
 
 
+def recorded_precision_on(precision: str, device: torch.device) -> str:
+    """A finished run's precision where ``device`` computes it natively (bf16 on a CPU with
+    AVX512-BF16/AMX or a GPU that has it, fp16 on a GPU), else fp32: ``leantune eval`` on the
+    machine that trained reproduces the run's own metrics, elsewhere it does not emulate."""
+    if precision == "bf16" and bf16_supported(device) or precision == "fp16" and device.type == "cuda":
+        return precision
+    return "fp32"
+
+
 def keep_fp32_master_weights(model: nn.Module) -> int:
     """Trainable parameters stored in bf16/fp16 (frozen weights loaded in the half type by
     ``model.dtype: auto``) become fp32, so optimizer updates are not rounded away; autocast
