@@ -46,7 +46,6 @@ def profile(precision: str, steps: int) -> dict:
     from torch.profiler import ProfilerActivity
 
     from leantune.methods.registry import build_method
-    from leantune.models.fused_forwards import fuse_forwards
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
     from leantune.training.device import keep_fp32_master_weights
@@ -65,8 +64,6 @@ def profile(precision: str, steps: int) -> dict:
     dtype = "bfloat16" if precision == "bf16" else "float32"  # model.dtype auto on a bf16 CPU (pipeline._model_dtype)
     model = method.apply(load_model(path, "causal_lm", dtype, pad_token_id=tokenizer.pad_token_id), "causal_lm")
     keep_fp32_master_weights(model)
-    if recipe.train.fused_forwards:  # as the pipeline does
-        fuse_forwards(model)
     prof = torch.profiler.profile(activities=[ProfilerActivity.CPU], record_shapes=True)
     marks: dict[str, float] = {}
 

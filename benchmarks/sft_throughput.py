@@ -116,7 +116,6 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     import torch
 
     from leantune.methods.registry import build_method
-    from leantune.models.fused_forwards import fuse_forwards
     from leantune.models.loading import load_model, load_tokenizer, resolve_model_path
     from leantune.recipe import Recipe
     from leantune.stages.registry import half_weights_on_cpu
@@ -141,7 +140,6 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
                        pad_token_id=tokenizer.pad_token_id)
     model = stage.attach(method.apply(model, "causal_lm"))
     keep_fp32_master_weights(model)  # as the pipeline does: trainable weights fp32 whatever was loaded
-    fused = fuse_forwards(model) if recipe.train.fused_forwards else {}  # the pipeline's default
     rss_loaded = current_rss_mb()
     pending: dict = {}
 
@@ -165,8 +163,7 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
     clock.finish()
     peak_training = peak_rss_mb()
     return {
-        "precision": engine.precision, "weights": dtype, "fused_forwards": fused, "threads": torch.get_num_threads(),
-        "steps": clock.steps,
+        "precision": engine.precision, "weights": dtype, "threads": torch.get_num_threads(), "steps": clock.steps,
         "train_losses": [h["loss"] for h in result.history if "loss" in h],
         "loss_after": loss_after(model, stage, eval_features),
         "rss_after_load_mb": rss_loaded, "peak_rss_training_mb": peak_training, "peak_rss_mb": peak_rss_mb(),

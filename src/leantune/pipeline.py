@@ -26,7 +26,6 @@ from .export.run_loading import load_run
 from .export.ship import ship_folder
 from .guide.estimate import estimate_recipe, feature_stats
 from .methods.registry import build_method
-from .models.fused_forwards import fuse_forwards
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .models.reference import record_base
 from .prompting.documentation import CORPUS_KEY, Documentation, documentation_for, documentation_of_run
@@ -157,9 +156,6 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     model = load_model(model_path, stage.head_name, model_dtype, recipe.model.trust_remote_code,
                        _load_kwargs(method, runtime), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
     model = move_to_device(model, runtime.device)
-    fusing = recipe.train.fused_forwards and not runtime.sharded
-    if fusing:  # the base model evaluates as the trained one will
-        fuse_forwards(model)
     if not stage.trains:
         return evaluate_only(recipe, stage, model, tokenizer, data, run_dir, model_path, say, runtime)
     eval_bs = recipe.eval.batch_size
@@ -191,7 +187,6 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     model = method.apply(model, stage.head_name)
     model = move_to_device(stage.attach(model), runtime.device)
     keep_fp32_master_weights(model)
-    fused = fuse_forwards(model) if fusing else {}
     effective = recipe.train.batch_size * runtime.world_size * recipe.train.grad_accum
     with open_run_dir(run_dir, resume, say) if runtime.is_main else nullcontext(), \
             report_metrics(recipe, run_dir, resume, say) if runtime.is_main else nullcontext():
@@ -199,8 +194,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
             meta = {"recipe": recipe.model_dump(mode="json"), "model_path": str(model_path),
                     "base_model": record_base(recipe.model.name, model_path, run_dir),
                     "head": stage.head_name, "labels": data.labels, "device": str(runtime.device),
-                    "precision": runtime.precision, "model_dtype": model_dtype, "fused_forwards": fused,
-                    "strategy": runtime.strategy,
+                    "precision": runtime.precision, "model_dtype": model_dtype, "strategy": runtime.strategy,
                     "processes": runtime.world_size,
                     "effective_batch": effective}
             if docs is not None:

@@ -390,21 +390,6 @@ def test_evaluation_computes_in_the_runs_precision(tiny_model_dir, tmp_path, mon
         assert in_fp32["loss"] != pytest.approx(summary.eval_after["loss"], rel=1e-9)
 
 
-def test_fused_forwards_train_as_the_plain_forwards(tiny_model_dir, tmp_path):
-    """``train.fused_forwards`` (default on): recorded in run.json, same losses as off."""
-    losses = {}
-    for fused in (True, False):
-        recipe = make_recipe(tiny_model_dir("llama"), tmp_path / str(fused),
-                             train={"max_steps": 3, "save_steps": None, "fused_forwards": fused})
-        summary = train(recipe, progress=False)
-        meta = json.loads((Path(summary.run_dir) / "run.json").read_text())
-        assert (meta["fused_forwards"]["lora"] > 0 and meta["fused_forwards"]["rms_norm"] > 0) if fused \
-            else meta["fused_forwards"] == {}
-        records = [json.loads(line) for line in (Path(summary.run_dir) / "metrics.jsonl").read_text().splitlines()]
-        losses[fused] = [r["loss"] for r in records if "loss" in r] + [summary.eval_after["loss"]]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
-
-
 def test_recorded_precision_is_used_only_where_the_device_has_it(monkeypatch):
     import leantune.training.device as device_module
 

@@ -9,7 +9,6 @@ from torch import nn
 from ..methods.base import Method
 from ..methods.qlora import recorded_quantization
 from ..methods.registry import build_method
-from ..models.fused_forwards import fuse_forwards
 from ..models.loading import load_model, load_tokenizer
 from ..models.reference import resolve_base
 from ..recipe import Recipe
@@ -43,7 +42,5 @@ def load_run(run_dir: str | Path, quantized: bool = True, base: str | Path | Non
     base_model = load_model(base_path, meta["head"], recipe.model.dtype, recipe.model.trust_remote_code,
                             load_kwargs, labels=meta.get("labels"), pad_token_id=tokenizer.pad_token_id)
     model = method.load(base_model, adapter, meta["head"])
-    if recipe.train.fused_forwards:  # computes as the run did
-        fuse_forwards(model)
     return LoadedRun(model, tokenizer, recipe, method, meta["head"], meta.get("labels"), run_dir,
                      meta.get("precision") or "fp32")

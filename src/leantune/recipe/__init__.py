@@ -117,9 +117,6 @@ class TrainSection(Section):
                                   "distributed.strategy: deepspeed.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
-    fused_forwards: bool = Field(True, description="Plain LoRA layers add their scaled update inside the matmul "
-                                 "(addmm) and Llama-style RMSNorms run torch's fused rms_norm: the same arithmetic "
-                                 "in fewer passes (~1.2x a LoRA step on CPU). Not under ZeRO-3/FSDP sharding.")
     group_by_length: bool | None = Field(
         None, description="Batch examples of similar length together (less padding): sorted within windows of at "
                           "most 4 batches, so batches stay mixed. Unset: on for sft and pt (every token a target, "
