@@ -95,12 +95,12 @@ def _model_dtype(recipe: Recipe, runtime: Runtime, stage) -> str:
     return "float32"
 
 
-def _evaluation_precision(runtime: Runtime) -> Callable:
-    """A fresh autocast context per call: evaluation computes in the run's precision, as training
-    did and as HF ``Trainer`` evaluates under its mixed precision. On a CPU with AMX this is the
+def _in_run_precision(runtime: Runtime):
+    """An autocast context (fresh per use) for evaluation in the run's precision, as training did
+    and as HF ``Trainer`` evaluates under its mixed precision. On a CPU with AMX this is the
     difference between fp32 and bf16 matrix units (classification evaluation of MiniLM-L6 on one
     Xeon core: ``benchmarks/eval_speed.py``)."""
-    return lambda: autocast_context(runtime.precision, runtime.device)[0]
+    return autocast_context(runtime.precision, runtime.device)[0]
 
 
 def _load_kwargs(method, runtime: Runtime) -> dict:
@@ -159,23 +159,22 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if not stage.trains:
         return evaluate_only(recipe, stage, model, tokenizer, data, run_dir, model_path, say, runtime)
     eval_bs = recipe.eval.batch_size
-    in_precision = _evaluation_precision(runtime)
     prompts = recipe.eval.prompts if stage.head_name == "causal_lm" else []
     before, answers_before = None, []
     evaluates = runtime.is_main or runtime.sharded  # a sharded model needs every process in its forward
     if recipe.eval.before and data.eval and evaluates:
         say("evaluating the base model …")
-        with in_precision():
+        with _in_run_precision(runtime):
             before = stage.evaluate(model, data.eval, eval_bs)
     rows_before: list[dict] = []
     if gen and recipe.eval.before and evaluates:
         say(f"answering {len(gen.items)} held-out examples for eval.metrics …")
-        with in_precision():
+        with _in_run_precision(runtime):
             scores, rows_before = gen.run(model, tokenizer)
         before = {**(before or {}), **scores}
     if forgetting is not None and recipe.eval.before and evaluates:
         say("forgetting probe on the base model …")
-        with in_precision():
+        with _in_run_precision(runtime):
             before = {**(before or {}), **forgetting.measure(model, eval_bs)}
     check_ranking_metric(recipe, before or {})
     ask = _asking(docs, recipe, tokenizer)
@@ -216,12 +215,12 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                                       runtime=runtime)
             precision = stage.precision
         else:
-            def evaluate(m):
-                with in_precision():
+            def evaluate_in_run_precision(m):
+                with _in_run_precision(runtime):
                     return {**stage.evaluate(m, data.eval, eval_bs), **(gen.run(m, tokenizer)[0] if gen else {})}
 
             engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
-                            evaluate=evaluate if data.eval else None,
+                            evaluate=evaluate_in_run_precision if data.eval else None,
                             after_optimizer_step=method.after_optimizer_step, progress=progress,
                             param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
             result = engine.fit(resume=resume)
@@ -233,7 +232,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                     stage.save_extra(model, tmp)
                     tokenizer.save_pretrained(tmp)
                     ship_folder(tmp, tokenizer, recipe, stage.head_name, merged=False, run_dir=run_dir)
-        with in_precision():
+        with _in_run_precision(runtime):
             after = stage.evaluate(model, data.eval, eval_bs) if data.eval and evaluates else {}
             rows_after: list[dict] = []
             if gen and evaluates:
@@ -325,7 +324,7 @@ def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, 
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         say(f"stage {stage.name} does not train: the method ({'+'.join(m['name'] for m in recipe.method)}) is not applied")
         t0 = time.perf_counter()
-        with _evaluation_precision(runtime)():
+        with _in_run_precision(runtime):
             metrics = stage.evaluate(model, data.eval, recipe.eval.batch_size) if data.eval else {}
         wall = time.perf_counter() - t0
         details = getattr(stage, "eval_details", None) or {}
