@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The prepared check for a one-GPU machine (an NVIDIA H200; torch, transformers, peft and
-# accelerate installed; no internet), about 8 minutes, every step bounded by `timeout`:
+# accelerate installed; no internet), about 9 minutes, every step bounded by `timeout`:
 #   1. machine facts: nvidia-smi, torch and CUDA versions;
 #   2. leantune from this working tree (PYTHONPATH=src, no dependencies installed) plus the
 #      wheels in benchmarks/wheels/ if present (what the image lacks: pydantic, trl, datasets,
-#      bitsandbytes; ~46 MB, fetched beforehand with --fetch-wheels);
+#      bitsandbytes, liger-kernel; ~47 MB, fetched beforehand with --fetch-wheels; carry them);
 #   3. the CUDA tests: pytest -m cuda tests/gpu (skipped if the folder is missing);
 #   4. benchmarks/gpu_bench.py: SFT with LoRA, QLoRA and full fine-tuning of a Llama-3.2-1B-
-#      shaped model in bf16 beside TRL's SFTTrainer and leantune's estimate (2 processes too
-#      when there are 2+ GPUs), JSON to $OUT/gpu_check.json and benchmarks/results/gpu_check.json;
+#      shaped model in bf16 beside TRL's SFTTrainer (and TRL with Liger's kernels) at the two
+#      equal settings, MFU against the GPU's measured bf16 matmul peak, leantune's estimate
+#      (2 processes too when there are 2+ GPUs), JSON to $OUT/gpu_check.json and
+#      benchmarks/results/gpu_check.json;
 #      the log to $OUT/gpu_check.log.
 # A failing step is reported and the next one runs; the exit status is that of step 4.
 #
@@ -21,7 +23,7 @@ PY=${PYTHON:-python3}
 WHEELS=benchmarks/wheels
 # What the H200 image (Python 3.12) lacks, at the versions of this project's venv.
 NEEDED="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection trl==1.16.0 datasets==5.2.0
-        dill multiprocess bitsandbytes==0.50.2"
+        dill multiprocess bitsandbytes==0.50.2 liger-kernel==0.8.5"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
     mkdir -p "$WHEELS"
@@ -67,8 +69,8 @@ else
     echo "(no tests/gpu folder)"
 fi
 
-step "4. SFT against TRL and the estimate"
-timeout 330 "$PY" benchmarks/gpu_bench.py "${BENCH_ARGS[@]}" --deadline 270
+step "4. SFT against TRL, MFU and the estimate"
+timeout 400 "$PY" benchmarks/gpu_bench.py "${BENCH_ARGS[@]}" --deadline 340
 status=$?
 step "done: exit status $status; results in $OUT/gpu_check.json"
 exit $status

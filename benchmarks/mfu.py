@@ -53,22 +53,32 @@ def step_flops(step: dict, method: str, s: dict) -> float:
     return 2 * (linear + head) + 3 * attention + 3 * 2 * s["n_adapter"] * t
 
 
-def matmul_peak(s: dict, tokens: list[int], seconds: float = 1.0) -> dict:
+def matmul_peak(s: dict, tokens: list[int], seconds: float = 1.0, device: str = "cpu",
+                precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict:
     """GFLOP/s of ``torch.matmul`` at the model's linear shapes (tokens × d·d, d·ffn, ffn·d) in
-    fp32 and bf16 on this process's threads; ``peak_gflops`` is the best shape."""
+    each of ``precisions`` on ``device`` (a CPU: this process's threads; a GPU: timed between
+    synchronisations); ``peak_gflops`` is the best shape."""
     import torch  # lazy: as in token_stats
 
-    out: dict = {"threads": torch.get_num_threads()}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out: dict = {"threads": torch.get_num_threads(), "device": device}
+    for name in precisions:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
         rates = {}
         for m, (k, n) in itertools.product(tokens, ((s["d"], s["d"]), (s["d"], s["ffn"]), (s["ffn"], s["d"]))):
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a = torch.randn(m, k, dtype=dtype, device=device)
+            b = torch.randn(k, n, dtype=dtype, device=device)
             for _ in range(3):
                 torch.matmul(a, b)
+            sync()
             count, t0 = 0, time.perf_counter()
             while (elapsed := time.perf_counter() - t0) < seconds:
-                torch.matmul(a, b)
-                count += 1
+                for _ in range(20 if cuda else 1):  # a GPU queues work: time whole groups
+                    torch.matmul(a, b)
+                count += 20 if cuda else 1
+                sync()
+            elapsed = time.perf_counter() - t0
             rates[f"{m}x{k}x{n}"] = round(2 * m * k * n * count / elapsed / 1e9, 1)
         out[name] = {"peak_gflops": max(rates.values()), "shapes": rates}
     return out
