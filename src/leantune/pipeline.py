@@ -351,7 +351,7 @@ def evaluate_run(run_dir: Path, data: Path | None = None, say: Callable[[str], N
     label order and what it trained beside the method (``Stage.restore``, ``Stage.load_extra``).
     With ``metrics`` (else the recipe's eval.metrics) also the generation metrics, the answers written
     to ``out`` (default: the run's predictions.jsonl, replaced only with ``force``)."""
-    run = load_run(run_dir, base=base)
+    run = load_run(run_dir, base=base, as_trained=True)
     recipe = run.recipe
     stage = build_stage(recipe.stage)
     stage.restore(run.head, run.labels)

@@ -9,7 +9,12 @@ from leantune.errors import RecipeError
 from leantune.recipe import TrainSection
 from leantune.training import device as device_mod
 from leantune.training import runtime as runtime_mod
-from leantune.training.device import keep_fp32_master_weights, resolve_device, resolve_precision
+from leantune.training.device import (
+    halve_frozen_weights,
+    keep_fp32_master_weights,
+    resolve_device,
+    resolve_precision,
+)
 
 
 @pytest.fixture
@@ -113,6 +118,32 @@ def test_a_trainable_embedding_in_a_half_model_returns_the_half_type():
     full = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4)).to(torch.bfloat16)
     keep_fp32_master_weights(full)  # everything trains: an fp32 model, no cast back
     assert full(ids).dtype == torch.float32
+
+
+def test_halving_the_frozen_weights_rebuilds_the_trained_layout():
+    """A model loaded in fp32 for evaluation gets the dtypes it trained in: what master-weight
+    keeping made of the same model loaded in bf16, with the same values and the same outputs."""
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+
+    trained = build().to(torch.bfloat16)  # as training loaded it: then the embedding and the head train
+    trained[1].requires_grad_(False)
+    keep_fp32_master_weights(trained)
+    reloaded = build()  # the fp32 checkpoint, then the trained weights as a saved adapter brings them
+    with torch.no_grad():
+        for i in (0, 2):
+            for mine, theirs in zip(reloaded[i].parameters(), trained[i].parameters()):
+                mine.copy_(theirs)
+    halved = halve_frozen_weights(reloaded, {id(p) for p in (*reloaded[0].parameters(), *reloaded[2].parameters())},
+                                  torch.bfloat16)
+    assert halved == 2  # the LayerNorm's weight and bias
+    assert [p.dtype for p in reloaded.parameters()] == [p.dtype for p in trained.parameters()]
+    for mine, theirs in zip(reloaded.parameters(), trained.parameters()):
+        assert torch.equal(mine, theirs)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(reloaded(ids), trained(ids))
 
 
 @pytest.mark.parametrize("train, gpus, processes, expected", [

@@ -364,11 +364,13 @@ def test_bf16_on_cpu_loads_frozen_weights_in_bf16_and_trains_as_fp32_weights_do(
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_evaluation_computes_in_the_runs_precision(tiny_model_dir, tmp_path, monkeypatch, method):
     """A run training under bf16 evaluates under bf16 autocast too (as HF Trainer does), before and
-    after training; ``leantune eval`` (``evaluate_run``) evaluates in the recorded precision and, where
-    the reloaded weights are those that trained (full fine-tuning keeps fp32 on a CPU), reproduces the
-    run's metrics exactly."""
+    after training; ``leantune eval`` (``evaluate_run``) evaluates in the recorded precision with the
+    weights in the dtypes that trained (LoRA: bf16 frozen weights, fp32 adapter and head; full
+    fine-tuning: fp32) and reproduces the run's metrics exactly; the fp32 reload does not."""
+    import leantune.training.device as device_module
     from leantune.stages.cls import Classification
 
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)  # this CPU's flags aside
     seen = []
     real_evaluate = Classification.evaluate
 
@@ -380,14 +382,18 @@ def test_evaluation_computes_in_the_runs_precision(tiny_model_dir, tmp_path, mon
     recipe = make_recipe(tiny_model_dir("bert", head="seq_cls"), tmp_path, stage="cls", fmt="classification",
                          method=method, train={"precision": "bf16", "max_steps": 2, "save_steps": None})
     summary = train(recipe, progress=False)
-    assert json.loads((Path(summary.run_dir) / "run.json").read_text())["precision"] == "bf16"
+    meta = json.loads((Path(summary.run_dir) / "run.json").read_text())
+    assert (meta["precision"], meta["model_dtype"]) == ("bf16", "float32" if method == "full" else "bfloat16")
     assert seen == [torch.bfloat16, torch.bfloat16]  # before and after training
     again = evaluate_run(Path(summary.run_dir))
     assert seen[2:] == [torch.bfloat16]
-    if method == "full":
-        assert again["loss"] == pytest.approx(summary.eval_after["loss"], rel=1e-9)
-        in_fp32 = reevaluate(load_run(summary.run_dir))
-        assert in_fp32["loss"] != pytest.approx(summary.eval_after["loss"], rel=1e-9)
+    assert again["loss"] == pytest.approx(summary.eval_after["loss"], rel=1e-9)
+    in_fp32 = reevaluate(load_run(summary.run_dir))
+    assert in_fp32["loss"] != pytest.approx(summary.eval_after["loss"], rel=1e-9)
+    if method == "lora":
+        dtypes = {n: p.dtype for n, p in load_run(summary.run_dir, as_trained=True).model.named_parameters()}
+        assert {dtypes[n] for n in dtypes if "lora_" in n or "modules_to_save" in n} == {torch.float32}
+        assert {dtypes[n] for n in dtypes if "attention" in n and "lora_" not in n} == {torch.bfloat16}
 
 
 def test_recorded_precision_is_used_only_where_the_device_has_it(monkeypatch):

@@ -136,6 +136,28 @@ def keep_fp32_master_weights(model: nn.Module) -> int:
     return converted
 
 
+def halve_frozen_weights(model: nn.Module, trained: set[int], half: torch.dtype) -> int:
+    """The layout a run with half frozen weights trained in, rebuilt on a model loaded in fp32:
+    every module without a trained parameter (``trained``: their ``id``) in ``half``, the rest fp32,
+    as ``keep_fp32_master_weights`` left them, a trained embedding returning the half type. Casting
+    the fp32-loaded weights rounds them as loading in ``half`` would. Returns how many parameters
+    were halved."""
+    halved, embeddings = 0, []
+    for module in model.modules():
+        params = [p for p in module.parameters(recurse=False) if p.dtype == torch.float32]
+        if any(id(p) in trained for p in params):
+            if isinstance(module, nn.Embedding):
+                embeddings.append(module)
+            continue
+        for p in params:
+            p.data = p.data.to(half)
+            halved += 1
+    if halved:
+        for module in embeddings:
+            module.register_forward_hook(lambda _m, _inputs, out: out.to(half))
+    return halved
+
+
 def is_quantized(model: nn.Module) -> bool:
     """A bitsandbytes-quantized model: placed at load time, never moved with ``.to``."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
