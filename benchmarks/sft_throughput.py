@@ -10,6 +10,9 @@ Configurations (each in fp32 and under bf16 autocast):
             TRL: gradient checkpointing, random batches)
   equal-A   both without gradient checkpointing, length-grouped batches
   equal-B   both with gradient checkpointing, random batches
+  compiled  equal-A with both sides compiled: leantune ``train.compile: true`` (each layer,
+            in place), TRL ``torch_compile=True`` (the whole model); compiling falls in the
+            untimed warm-up steps, its time is in the raw step times
   packing   equal-B with packed rows: leantune ``train.packing: true``, TRL ``packing=True``
             (best-fit decreasing, which turns on its ``padding_free`` collator)
 
@@ -61,6 +64,10 @@ SETTINGS = {
     "equal-B": ({"gradient_checkpointing": True, "group_by_length": False},
                 {"gradient_checkpointing": True, "train_sampling_strategy": "random"},
                 ("lora", "full"), "checkpointing, random batches"),
+    "compiled": ({"gradient_checkpointing": False, "group_by_length": True, "compile": True},
+                 {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "torch_compile": True},
+                 ("lora", "full"), "equal-A, both compiled (leantune: train.compile, each layer; TRL: torch_compile, "
+                 "the whole model)"),
     "packing": ({"gradient_checkpointing": True, "group_by_length": False, "packing": True},
                 {"gradient_checkpointing": True, "packing": True},
                 ("lora",), "checkpointing, packed rows (TRL: packing + padding_free)"),
@@ -352,7 +359,8 @@ def main() -> None:
         print(f"## {group}: leantune and TRL in lock-step, {steps} steps ({warmup} warm-up)", flush=True)
         t0 = time.perf_counter()
         raws = run_lockstep(Path(__file__), {n: ["--worker", n, "--steps", str(steps)] for n in names}, steps,
-                            env={SKIP_LOSS_AFTER: "1"} if a.quick else None, log=lambda m: print(m, flush=True))
+                            env={SKIP_LOSS_AFTER: "1"} if a.quick else None, log=lambda m: print(m, flush=True),
+                            step_timeout=1800)  # a compiled row's first steps compile
         for name in names:
             entry = {"steps": steps, "warmup_steps": warmup, "raw": raws[name]}
             if "error" in raws[name]:

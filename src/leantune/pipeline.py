@@ -209,6 +209,9 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                 f"training starts from step 0")
         trainable, total = count_parameters(model)
         say(f"method {method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+        if recipe.train.compile:
+            say("train.compile: the layers are compiled where leantune's engine trains (not in TRL's trainers "
+                "or the PPO and meta-learning loops); the first steps include the compile time")
         if stage.custom_loop:  # stages with their own loop (PPO) or a TRL trainer (DPO, GRPO, RLOO)
             model, result = stage.run(model, recipe=recipe, run_dir=run_dir, data=data, method=method,
                                       tokenizer=tokenizer, progress=progress, resume=resume, say=say,

@@ -117,6 +117,9 @@ class TrainSection(Section):
                                   "distributed.strategy: deepspeed.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = "adamw"
     gradient_checkpointing: bool = False
+    compile: bool = Field(False, description="Compile each layer with torch.compile (regional compilation), once for "
+                          "all layers: faster steps after a compile of about a minute or two before the first "
+                          "(docs/benchmarks.md); on a CPU it needs a C++ compiler.")
     group_by_length: bool | None = Field(
         None, description="Batch examples of similar length together (less padding): sorted within windows of at "
                           "most 4 batches, so batches stay mixed. Unset: on for sft and pt (every token a target, "

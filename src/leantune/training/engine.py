@@ -37,6 +37,7 @@ from .checkpoint import (
     save_checkpoint,
     write_trainable,
 )
+from .compile import CompiledBlocks
 from .guard import TrainingDiverged, check_finite
 from .interrupt import stop_on_signals
 from .metrics_log import append_metrics, truncate_metrics
@@ -245,11 +246,14 @@ class Engine:
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
         self.small_mmap = return_freed_memory_to_os(self.device)
+        self.compiled: CompiledBlocks | None = None  # train.compile
         try:
             return self._fit(resume)
         finally:
             if self.small_mmap:  # evaluation after training runs with the fast setting
                 evaluation_setting()
+            if self.compiled is not None:  # and with the eager layers
+                self.compiled.release()
 
     def _fit(self, resume: bool) -> TrainResult:
         cfg, model, rt = self.cfg, self.model, self.runtime
@@ -259,6 +263,8 @@ class Engine:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
+        if cfg.compile:
+            self.compiled = CompiledBlocks(model, self.device)
         groups = self.param_groups_fn(model, cfg.lr, cfg.weight_decay) if self.param_groups_fn else None
         optimizer = build_optimizer(cfg.optimizer, groups or param_groups(model, cfg.lr, cfg.weight_decay), cfg.lr)
         scheduler = build_scheduler(cfg.scheduler, optimizer, self.total_steps, cfg.warmup_ratio)
@@ -322,7 +328,7 @@ class Engine:
                     history.append(rec)
                     self._log(rec)
                 if self.evaluate and cfg.eval_steps and step % cfg.eval_steps == 0 and step < self.total_steps:
-                    with lifted(self.small_mmap):
+                    with lifted(self.small_mmap), self.compiled.paused() if self.compiled else nullcontext():
                         metrics = self.evaluate(model)
                     rec = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
                     step_module.train()

@@ -64,8 +64,11 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if "position_ids" in batch:  # packed rows (data/packing.py): transformers derives the per-example causal
         # mask from position_ids when there is neither an attention mask nor a cache
-        inputs.update(attention_mask=None, position_ids=batch["position_ids"], use_cache=False)
-    if uses_prompt_learning(model) or _adds_to_loss(model) or (path := fast_path(unwrap(model))) is None:
+        inputs.update(attention_mask=None, position_ids=batch["position_ids"])
+    if uses_prompt_learning(model):  # PEFT passes the virtual tokens' keys and values as a cache
+        return model(**inputs, labels=labels).loss
+    inputs["use_cache"] = False  # no key/value cache is filled for a loss (nor guarded by compiled layers)
+    if _adds_to_loss(model) or (path := fast_path(unwrap(model))) is None:
         return model(**inputs, labels=labels).loss
     backbone, head = path
     if _only_trailing_padding(inputs["attention_mask"], labels):
