@@ -231,3 +231,11 @@ def test_llamafactory_full_freeze_and_dpo_settings(tmp_path):
                              "q_proj,v_proj", "pref_beta": 0.2, "pref_loss": "ipo"}, {}, tmp_path)
     assert dpo.recipe["stage"] == {"name": "dpo", "beta": 0.2, "loss_type": "ipo"}
     assert dpo.recipe["method"] == {"name": "lora", "r": 16, "alpha": 32, "targets": ["q_proj", "v_proj"]}
+
+
+def test_torch_compile_is_train_compile(tmp_path):
+    lf = translate_foreign({"model_name_or_path": "m", "stage": "sft", "finetuning_type": "lora",
+                            "torch_compile": True}, {}, tmp_path)
+    ax = translate_foreign({"base_model": "m", "adapter": "lora", "torch_compile": True}, {}, tmp_path)
+    assert lf.recipe["train"]["compile"] is ax.recipe["train"]["compile"] is True
+    assert "torch_compile" not in " ".join(lf.unmapped + ax.unmapped)
