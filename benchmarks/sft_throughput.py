@@ -13,6 +13,7 @@ Configurations (each in fp32 and under bf16 autocast):
   compiled  equal-A with both sides compiled: leantune ``train.compile: true`` (each layer,
             in place), TRL ``torch_compile=True`` (the whole model); compiling falls in the
             untimed warm-up steps, its time is in the raw step times
+  compiled-B  equal-B with both sides compiled
   packing   equal-B with packed rows: leantune ``train.packing: true``, TRL ``packing=True``
             (best-fit decreasing, which turns on its ``padding_free`` collator)
 
@@ -68,6 +69,9 @@ SETTINGS = {
                  {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "torch_compile": True},
                  ("lora", "full"), "equal-A, both compiled (leantune: train.compile, each layer; TRL: torch_compile, "
                  "the whole model)"),
+    "compiled-B": ({"gradient_checkpointing": True, "group_by_length": False, "compile": True},
+                   {"gradient_checkpointing": True, "train_sampling_strategy": "random", "torch_compile": True},
+                   ("lora",), "equal-B, both compiled"),
     "packing": ({"gradient_checkpointing": True, "group_by_length": False, "packing": True},
                 {"gradient_checkpointing": True, "packing": True},
                 ("lora",), "checkpointing, packed rows (TRL: packing + padding_free)"),

@@ -40,7 +40,7 @@ def check_compiler(device: torch.device) -> None:
     training starts."""
     if device.type != "cpu":
         return
-    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.cpp_builder import get_cpp_compiler  # lazy: inductor loads only for train.compile
 
     try:
         get_cpp_compiler()
