@@ -33,6 +33,7 @@ from .recipe import Recipe
 from .report.run_report import write_report
 from .run_dir import FINISHED_MARK, RUN_META, check_run_dir, has_checkpoints, open_run_dir
 from .stages.registry import build_stage, half_weights_on_cpu
+from .training.compile import check_compiler
 from .training.device import autocast_context, keep_fp32_master_weights, move_to_device, recorded_precision_on
 from .training.engine import Engine, count_total_steps, seed_everything
 from .training.runtime import Runtime, build_runtime, check_method_fits
@@ -118,6 +119,8 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
         say, progress = (lambda s: None), False
     run_dir = check_run_dir(recipe, resume)
     check_trackers(recipe.train.report_to)
+    if recipe.train.compile:
+        check_compiler(runtime.device)
     runtime.barrier()  # every process checked the run directory before rank 0 creates it
     seed_everything(recipe.train.seed)
     stage = build_stage(recipe.stage)

@@ -79,3 +79,18 @@ def test_compiled_layers_train_as_the_eager_ones(tiny_model_dir, tmp_path, monke
     assert eager_losses[-1] < eager_losses[0]
     for name, weight in eager_weights.items():
         torch.testing.assert_close(compiled_weights[name], weight, rtol=1e-3, atol=1e-5)
+
+
+def test_the_compiler_is_checked_before_anything_is_written(tiny_model_dir, tmp_path, monkeypatch):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    from leantune.pipeline import train
+
+    def no_compiler():
+        raise RuntimeError("Unsupported compiler: g++ not found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    recipe = make_recipe(tiny_model_dir("llama"), tmp_path, method="lora", max_steps=2, compile=True)
+    with pytest.raises(RecipeError, match="train.compile"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "runs").exists()
