@@ -42,20 +42,24 @@ def test_missing_python_headers_are_a_recipe_error(monkeypatch, tmp_path):
         compile_mod.check_compiler(torch.device("cpu"))
 
 
-def test_compiled_layers_train_as_the_eager_ones(tiny_model_dir, tmp_path, monkeypatch):
-    """LoRA on the tiny Llama, batches of changing length, an evaluation inside the loop: the
-    same losses and adapter weights as eager, both layers compiled during training and eager at
-    evaluation and after."""
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_compiled_layers_train_as_the_eager_ones(tiny_model_dir, tmp_path, method):
+    """LoRA (and QLoRA, on bitsandbytes' 4-bit layers) on the tiny Llama, batches of changing
+    length, an evaluation inside the loop: the same losses and adapter weights as eager, both
+    layers compiled during training (without a graph break) and eager at evaluation and after."""
+    from torch._dynamo.utils import counters
+
     try:
         compile_mod.check_compiler(torch.device("cpu"))
     except RecipeError as exc:
         pytest.skip(str(exc))
     model_dir = tiny_model_dir("llama")
     results, seen = {}, {}
+    counters.clear()
     for compiled in (False, True):
         recipe = make_recipe(model_dir, tmp_path / str(compiled), max_steps=4, batch_size=2, compile=compiled,
                              eval_steps=2)
-        engine = make_engine(model_dir, recipe, tmp_path / str(compiled) / "run", method="lora")
+        engine = make_engine(model_dir, recipe, tmp_path / str(compiled) / "run", method=method)
         layers = repeated_blocks(engine.model)
 
         def evaluate(model, layers=layers, compiled=compiled):
@@ -71,6 +75,7 @@ def test_compiled_layers_train_as_the_eager_ones(tiny_model_dir, tmp_path, monke
         results[compiled] = ([h["loss"] for h in fitted.history if "loss" in h], trainable(engine.model))
     # after each step: compiled or not; at the evaluation after step 2: eager
     assert len(layers) == 2
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
     assert seen[False] == [[False, False]] * 2 + [[True, True]] + [[False, False]] * 2
     assert seen[True] == [[True, True]] * 2 + [[True, True]] + [[True, True]] * 2
     eager_losses, eager_weights = results[False]

@@ -81,10 +81,11 @@ def make_engine(model_dir: Path, recipe, run_dir: Path, loss_fn=None, method: st
     tok = load_tokenizer(model_dir)
     examples = load_examples(recipe.data.train, "alpaca").examples
     data = stage.prepare(recipe, tok, examples, [])
-    model = load_model(model_dir, "causal_lm", "float32")
-    if method:
+    built = build_method({"name": method, "r": 4}) if method else None
+    model = load_model(model_dir, "causal_lm", "float32", extra=built.load_kwargs() if built else None)
+    if built:
         torch.manual_seed(1234)
-        model = build_method({"name": method, "r": 4}).apply(model, "causal_lm")
+        model = built.apply(model, "causal_lm")
     run_dir.mkdir(parents=True, exist_ok=True)
     return Engine(model, data.train, recipe.train, run_dir, stage.collate, loss_fn or stage.loss, progress=False)
 
