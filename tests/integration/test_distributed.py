@@ -1,8 +1,9 @@
 """Several processes: `leantune train --nproc 2` on CPU processes (gloo on 127.0.0.1).
 
 A 2-process DDP run equals a 1-process run with the same global batch, step by step and in
-its final weights; a 2-process run killed with SIGKILL and resumed equals the uninterrupted
-one; bad launches are refused with a sentence before anything starts.
+its final weights, also with the layers compiled (train.compile); a 2-process run killed
+with SIGKILL and resumed equals the uninterrupted one; bad launches are refused with a
+sentence before anything starts.
 """
 from __future__ import annotations
 
@@ -143,6 +144,27 @@ def test_two_processes_equal_one_with_the_same_global_batch(kind, tiny_model_dir
     assert (meta["processes"], meta["effective_batch"], meta["strategy"]) == (2, 4, "ddp")
     assert_same_training(runs / "one", runs / "two")
     assert_same_training(runs / "one", runs / "accum")
+
+
+def test_compiled_layers_under_two_processes_train_as_one_eager(tiny_model_dir, tmp_path):
+    """train.compile under DDP (the layers compiled in place before the engine wraps the
+    model): 2 processes × batch 2 compiled equal 1 process × batch 4 eager."""
+    from leantune.errors import RecipeError
+    from leantune.training.compile import check_compiler
+
+    try:
+        check_compiler(torch.device("cpu"))
+    except RecipeError as exc:
+        pytest.skip(str(exc))
+    env = child_env(tmp_path)
+    model = tiny_model_dir("llama")
+    one = write_recipe(tmp_path, model, "one", "sft", batch_size=4)
+    two = write_recipe(tmp_path, model, "two", "sft", batch_size=2, compile=True)
+    for recipe, nproc in ((one, "1"), (two, "2")):
+        done = leantune(["train", str(recipe), "--nproc", nproc], env, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "train.compile" in done.stdout
+    assert_same_training(tmp_path / "runs" / "one", tmp_path / "runs" / "two", rel=1e-4, atol=1e-4)
 
 
 def rank_pid(parent: int, rank: int) -> int | None:
