@@ -4,6 +4,8 @@ SmolLM2-135M (packaged, fp32 weights), batch 8, max length 128, 120 ChatterBot E
 dialog pairs, loss on the responses only. Every row is a subprocess of its own (its own
 peak RSS); leantune and TRL at one configuration form a pair that runs side by side and
 takes turns step by step (``common.run_lockstep``), so drift on a shared machine hits both.
+At the equal settings a third worker takes its turns too: the floor (``sft_floor.py``), a bare
+PyTorch step over the same model, batches and settings, which bounds what any trainer can reach.
 
 Configurations (each in fp32 and under bf16 autocast):
   defaults  each side at its defaults (leantune: no checkpointing, length-grouped batches;
@@ -76,6 +78,8 @@ SETTINGS = {
                 {"gradient_checkpointing": True, "packing": True},
                 ("lora",), "checkpointing, packed rows (TRL: packing + padding_free)"),
 }
+# settings that also run the floor (sft_floor.py: the bare PyTorch step, the bound on any trainer's speed)
+FLOOR = ("equal-A", "equal-B")
 STEPS, WARMUP, QUICK_STEPS, QUICK_WARMUP = 15, 3, 3, 1
 SKIP_LOSS_AFTER = "SFT_THROUGHPUT_SKIP_LOSS_AFTER"
 
@@ -271,6 +275,24 @@ def worker_trl(method_name: str, precision: str, steps: int, clock: StepClock, o
     }
 
 
+def worker_floor(method_name: str, precision: str, steps: int, clock: StepClock, options: dict) -> dict:
+    """The bare PyTorch step (``sft_floor.py``) on leantune's features and batch plan."""
+    import torch
+    from sft_floor import run
+
+    from leantune.models.loading import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(MODEL)
+    tokenizer = load_tokenizer(path)
+    stage, features = leantune_features(tokenizer)
+    out = run(path, features, tokenizer.pad_token_id, method_name, precision, steps, clock, options, LORA,
+              LR[method_name], BATCH, SEED)
+    return {"precision": precision, "weights": out["weights"], "threads": torch.get_num_threads(),
+            "steps": clock.steps, "train_losses": out["train_losses"],
+            "loss_after": loss_after(out["model"], stage, features), "peak_rss_mb": peak_rss_mb(),
+            "settings": {k: options.get(k) for k in ("gradient_checkpointing", "group_by_length")}}
+
+
 def summarize(raw: dict, warmup: int, method: str, shapes: dict) -> dict:
     timed = raw["steps"][warmup:]
     seconds = sum(s["s"] for s in timed) or float("nan")
@@ -291,8 +313,8 @@ def summarize(raw: dict, warmup: int, method: str, shapes: dict) -> dict:
 def run_worker(a) -> None:
     group, side = a.worker.rsplit(":", 1)
     precision, setting, method = group.split("/")
-    options = SETTINGS[setting][0 if side == "leantune" else 1]
-    fn = worker_leantune if side == "leantune" else worker_trl
+    options = SETTINGS[setting][0 if side in ("leantune", "floor") else 1]
+    fn = {"leantune": worker_leantune, "trl": worker_trl, "floor": worker_floor}[side]
     clock = StepClock(a.sync)
     emit(fn(method, precision, a.steps, clock, options))
 
@@ -355,12 +377,13 @@ def main() -> None:
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
     for group in groups_for(precisions, settings, methods):
-        names = [f"{group}:leantune", f"{group}:trl"]
+        names = [f"{group}:leantune", f"{group}:trl"] + ([f"{group}:floor"] if group.split("/")[1] in FLOOR else [])
         if group.split("/")[1] == "packing" and not has_packing:
             for name in names:
                 results[name] = {"skipped": "TrainSection has no packing field yet"}
             continue
-        print(f"## {group}: leantune and TRL in lock-step, {steps} steps ({warmup} warm-up)", flush=True)
+        print(f"## {group}: {', '.join(n.split(':')[1] for n in names)} in lock-step, {steps} steps "
+              f"({warmup} warm-up)", flush=True)
         t0 = time.perf_counter()
         raws = run_lockstep(Path(__file__), {n: ["--worker", n, "--steps", str(steps)] for n in names}, steps,
                             env={SKIP_LOSS_AFTER: "1"} if a.quick else None, log=lambda m: print(m, flush=True),
@@ -374,12 +397,12 @@ def main() -> None:
             results[name] = entry
         lt, trl = results[names[0]], results[names[1]]
         if "response_tokens_per_s" in lt and "response_tokens_per_s" in trl:
-            for e in (lt, trl):
+            for e in (results[n] for n in names if "response_tokens_per_s" in results[n]):
                 e["speed_vs_trl"] = e["response_tokens_per_s"] / trl["response_tokens_per_s"]
                 e["rss_vs_trl"] = e["peak_rss_mb"] / trl["peak_rss_mb"]
-        speeds = [e.get("response_tokens_per_s", float("nan")) for e in (lt, trl)]
-        print(f"  {group} took {time.perf_counter() - t0:.0f} s; response tok/s leantune {speeds[0]:.1f}, "
-              f"TRL {speeds[1]:.1f}", flush=True)
+        speeds = ", ".join(f"{n.split(':')[1]} {results[n].get('response_tokens_per_s', float('nan')):.1f}"
+                           for n in names)
+        print(f"  {group} took {time.perf_counter() - t0:.0f} s; response tok/s {speeds}", flush=True)
         report(a, steps, warmup, shapes, peaks, results, facts, time.perf_counter() - t_all, complete=False)
     peaks.append(matmul_peak(shapes, peak_tokens))
     report(a, steps, warmup, shapes, peaks, results, facts, time.perf_counter() - t_all, complete=True)
