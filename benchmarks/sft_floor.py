@@ -62,8 +62,9 @@ def run(path, features: list[dict], pad_id: int, method_name: str, precision: st
         lora: dict, lr: float, batch_size: int, seed: int) -> dict:
     """``steps`` optimizer steps timed by ``clock`` (the batch built before ``begin``, as the
     other sides collate outside the timed step); the settings' checkpointing and batching."""
-    from leantune.training.engine import batch_plan  # the order only: leantune's row sees the same batches
     from mfu import token_stats
+
+    from leantune.training.engine import batch_plan  # the order only: leantune's row sees the same batches
 
     torch.manual_seed(seed)
     model = build_model(path, method_name, precision, lora)
