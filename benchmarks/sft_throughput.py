@@ -293,6 +293,14 @@ def worker_floor(method_name: str, precision: str, steps: int, clock: StepClock,
             "settings": {k: options.get(k) for k in ("gradient_checkpointing", "group_by_length")}}
 
 
+def worker_leantune_reuse(method_name: str, precision: str, steps: int, clock: StepClock, options: dict) -> dict:
+    """leantune without its CPU training allocator setting (glibc reuses its heap): what the setting costs."""
+    from leantune.training import engine
+
+    engine.return_freed_memory_to_os = lambda device: False
+    return worker_leantune(method_name, precision, steps, clock, options)
+
+
 def summarize(raw: dict, warmup: int, method: str, shapes: dict) -> dict:
     timed = raw["steps"][warmup:]
     seconds = sum(s["s"] for s in timed) or float("nan")
@@ -313,8 +321,9 @@ def summarize(raw: dict, warmup: int, method: str, shapes: dict) -> dict:
 def run_worker(a) -> None:
     group, side = a.worker.rsplit(":", 1)
     precision, setting, method = group.split("/")
-    options = SETTINGS[setting][0 if side in ("leantune", "floor") else 1]
-    fn = {"leantune": worker_leantune, "trl": worker_trl, "floor": worker_floor}[side]
+    options = SETTINGS[setting][1 if side == "trl" else 0]
+    fn = {"leantune": worker_leantune, "trl": worker_trl, "floor": worker_floor,
+          "leantune-reuse": worker_leantune_reuse}[side]
     clock = StepClock(a.sync)
     emit(fn(method, precision, a.steps, clock, options))
 
@@ -348,6 +357,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "sft_throughput.json"), help="results JSON path")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: bf16, LoRA only, {QUICK_STEPS} steps "
                                                          f"({QUICK_WARMUP} warm-up), no loss after training")
+    ap.add_argument("--allocator-row", action="store_true",
+                    help="also run leantune without its CPU training allocator setting (glibc's heap reuse)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sync", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -378,6 +389,7 @@ def main() -> None:
     t_all = time.perf_counter()
     for group in groups_for(precisions, settings, methods):
         names = [f"{group}:leantune", f"{group}:trl"] + ([f"{group}:floor"] if group.split("/")[1] in FLOOR else [])
+        names += [f"{group}:leantune-reuse"] if a.allocator_row else []
         if group.split("/")[1] == "packing" and not has_packing:
             for name in names:
                 results[name] = {"skipped": "TrainSection has no packing field yet"}
