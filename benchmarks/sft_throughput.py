@@ -359,6 +359,8 @@ def main() -> None:
                                                          f"({QUICK_WARMUP} warm-up), no loss after training")
     ap.add_argument("--allocator-row", action="store_true",
                     help="also run leantune without its CPU training allocator setting (glibc's heap reuse)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run a group's workers one after the other, each alone, instead of taking turns")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sync", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -394,12 +396,16 @@ def main() -> None:
             for name in names:
                 results[name] = {"skipped": "TrainSection has no packing field yet"}
             continue
-        print(f"## {group}: {', '.join(n.split(':')[1] for n in names)} in lock-step, {steps} steps "
+        print(f"## {group}: {', '.join(n.split(':')[1] for n in names)} "
+              f"{'one after the other' if a.sequential else 'in lock-step'}, {steps} steps "
               f"({warmup} warm-up)", flush=True)
         t0 = time.perf_counter()
-        raws = run_lockstep(Path(__file__), {n: ["--worker", n, "--steps", str(steps)] for n in names}, steps,
-                            env={SKIP_LOSS_AFTER: "1"} if a.quick else None, log=lambda m: print(m, flush=True),
-                            step_timeout=1800)  # a compiled row's first steps compile
+        workers = {n: ["--worker", n, "--steps", str(steps)] for n in names}
+        raws = {}
+        for turn in ([{n: w} for n, w in workers.items()] if a.sequential else [workers]):
+            raws.update(run_lockstep(Path(__file__), turn, steps, env={SKIP_LOSS_AFTER: "1"} if a.quick else None,
+                                     log=lambda m: print(m, flush=True),
+                                     step_timeout=1800))  # a compiled row's first steps compile
         for name in names:
             entry = {"steps": steps, "warmup_steps": warmup, "raw": raws[name]}
             if "error" in raws[name]:
@@ -442,7 +448,8 @@ def report(a, steps, warmup, shapes, peaks, results, facts, wall_s: float, compl
                          for k, v in SETTINGS.items()},
             "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
             "timing": "each optimizer step after its batch is collated (TRL: on_step_begin..on_step_end); "
-                      "leantune and TRL take turns step by step",
+                      + ("each worker alone, one after the other" if a.sequential else
+                         "the workers of a group take turns step by step"),
             "response_tokens": "next-token targets of leantune's response mask of the same examples, for both sides",
             "flops": "forward 2·N_lin·T + 4·n_layers·d_attn·K + 2·V·d·R (+2·N_adapter·T); backward full FT 2× "
                      "forward; LoRA/QLoRA: linear and head 1× (input gradients), attention 2×, adapters 2× (mfu.py)",
