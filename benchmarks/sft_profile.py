@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import BATCH, LORA, LR, MAX_LENGTH, MODEL, SEED, leantune_features  # noqa: E402
+from sft_workers import BATCH, LORA, LR, MAX_LENGTH, MODEL, SEED, leantune_features  # noqa: E402
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int4pack_mm"}
 ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
