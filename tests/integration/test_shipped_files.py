@@ -23,8 +23,8 @@ MODEL = "smollm2-135m"
 DEMO = Path(str(resources.files("leantune") / "resources" / "demo"))
 PROMPT = "How do I count the lines of a file?"
 MAX_NEW_TOKENS = 12
-# transformers 4.57 installed beside the project (pip install --target); the test that needs it skips without it
-TF457 = Path("/tmp/tf457")
+# transformers 4.57 beside the venv's (make test installs it: pip install --target); skipped where it cannot
+TF457 = Path(__file__).resolve().parents[2] / ".venv" / "tf457"
 LOGITS_457 = """
 import sys, torch, transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,9 +135,10 @@ def test_merged_folder_carries_the_keys_transformers_4_reads(run):
     assert ours(PROMPT)["input_ids"] == base(PROMPT)["input_ids"]
 
 
-@pytest.mark.skipif(not (TF457 / "transformers").is_dir(), reason=f"transformers 4.57 not installed in {TF457}")
+@pytest.mark.skipif(not (TF457 / "transformers").is_dir(),
+                    reason=f"transformers 4.57 not installed in {TF457} (make test installs it)")
 def test_transformers_4_57_reads_the_merged_folder(run, tmp_path):
-    """Uses transformers 4.57 from /tmp/tf457 (skipped without it): same token ids, same logits."""
+    """Uses transformers 4.57 from .venv/tf457: same token ids, same logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _, _, merged = run
