@@ -39,24 +39,31 @@ def response_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(head(hidden[keep]).float(), targets[keep])
 
 
-def build_model(path, method_name: str, precision: str, lora: dict):
-    """The Hugging Face model as the TRL row gets it at equal settings: frozen weights in bf16
-    under bf16 for LoRA/QLoRA (PEFT keeps the adapters fp32), fp32 for full fine-tuning."""
-    from peft import LoraConfig, get_peft_model
+def hf_model(path, method_name: str, half: bool, lora: dict):
+    """The Hugging Face model and PEFT LoRA config both the TRL row and the floor use: QLoRA as
+    leantune's defaults (NF4, double quantization, fp32 compute on CPU), frozen weights in bf16
+    when ``half`` (PEFT keeps the adapters fp32); no LoRA config for full fine-tuning."""
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quantization = None
     if method_name == "qlora":
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                           bnb_4bit_compute_dtype=torch.float32)
-    half = precision == "bf16" and method_name != "full"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if half else torch.float32,
                                                  quantization_config=quantization)
-    if method_name == "full":
-        return model
-    return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules="all-linear",
-                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
+    config = None if method_name == "full" else LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+    return model, config
 
+
+def build_model(path, method_name: str, precision: str, lora: dict):
+    """The model as the TRL row gets it at equal settings: frozen weights in bf16 under bf16 for
+    LoRA/QLoRA, fp32 for full fine-tuning."""
+    from peft import get_peft_model
+
+    model, config = hf_model(path, method_name, precision == "bf16" and method_name != "full", lora)
+    return model if config is None else get_peft_model(model, config)
 
 def run(path, features: list[dict], pad_id: int, method_name: str, precision: str, steps: int, clock, options: dict,
         lora: dict, lr: float, batch_size: int, seed: int) -> dict:

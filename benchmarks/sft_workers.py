@@ -122,8 +122,8 @@ def worker_leantune(method_name: str, precision: str, steps: int, clock: StepClo
 def worker_trl(method_name: str, precision: str, steps: int, clock: StepClock, options: dict) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+    from sft_floor import hf_model
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from leantune.models.loading import load_tokenizer, resolve_model_path
@@ -136,20 +136,11 @@ def worker_trl(method_name: str, precision: str, steps: int, clock: StepClock, o
                                   "completion": [{"role": "assistant", "content": p["completion"]}]}
                                  for p in benchmark_pairs()])
     torch.manual_seed(SEED)
-    quantization = None
-    if method_name == "qlora":  # as leantune's qlora defaults: NF4, double quantization, fp32 compute on CPU
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=torch.float32)
     # bf16 at equal settings: frozen weights in bf16 as leantune's model.dtype auto loads them (PEFT keeps the
     # adapter fp32); at its defaults TRL loads the checkpoint's dtype, fp32 for the packaged model
     half = precision == "bf16" and bool(options) and method_name != "full"  # {}: TRL's defaults
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if half else torch.float32,
-                                                 quantization_config=quantization)
+    model, peft_config = hf_model(path, method_name, half, LORA)
     weights = str(model.dtype).removeprefix("torch.")
-    peft_config = None
-    if method_name in ("lora", "qlora"):
-        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear",
-                                 lora_dropout=0.0, task_type="CAUSAL_LM")
     batches: list[dict] = []
 
     class Clock(TrainerCallback):
