@@ -83,7 +83,8 @@ def recipe(model: str, method: str, out: Path, seed: int, size: dict, precision:
         "model": model, "method": method, "stage": d["stage"],
         "data": {"train": d["train"], "format": d["format"], "eval_split": 0.0, "max_samples": size["samples"]},
         "train": {"max_steps": size["steps"], "batch_size": size["batch"], "max_length": size["max_length"],
-                  "logging_steps": 1, "lr": 1e-4, "seed": seed, "precision": precision},
+                  "logging_steps": 1, "lr": 1e-4, "seed": seed, "precision": precision,
+                  "cpu_heap": size.get("cpu_heap", "auto")},
         "eval": {"before": False, "prompts": []},
         "output": {"dir": str(out), "name": f"{model}-{method}", "overwrite": True},
     }

@@ -24,7 +24,7 @@ from .evaluation.generate import generate_answers
 from .evaluation.generation_eval import check_ranking_metric, generation_eval, ranking_metric, write_predictions
 from .export.run_loading import load_run
 from .export.ship import ship_folder
-from .guide.estimate import estimate_recipe, feature_stats
+from .guide.estimate import estimate_before_training
 from .methods.registry import build_method
 from .models.loading import count_parameters, load_config, load_model, load_tokenizer, resolve_model_path
 from .models.reference import record_base
@@ -152,7 +152,9 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
     if tok.get("dropped_empty"):
         say(f"[yellow]{tok['dropped_empty']} example(s) had no response tokens left after truncation and were dropped")
 
-    estimate = _estimate_before(recipe, config, stage, data, say) if stage.trains else None
+    estimate, trained = estimate_before_training(
+        recipe, config, data.train, stage.head_name, len(data.labels) if data.labels else None, runtime.device.type,
+        runtime.local_processes, say) if stage.trains else (None, recipe)
     forgetting = (forgetting_probe(recipe.eval.forgetting, tokenizer, base_dir, stage.head_name)
                   if stage.trains else None)  # eval.forgetting: files read before the model loads
     model_dtype = _model_dtype(recipe, runtime, stage)
@@ -225,7 +227,7 @@ def train(recipe: Recipe, *, resume: bool = False, base_dir: Path | None = None,
                 with _in_run_precision(runtime):
                     return {**stage.evaluate(m, data.eval, eval_bs), **(gen.run(m, tokenizer)[0] if gen else {})}
 
-            engine = Engine(model, data.train, recipe.train, run_dir, stage.collate, stage.loss,
+            engine = Engine(model, data.train, trained.train, run_dir, stage.collate, stage.loss,
                             evaluate=evaluate_in_run_precision if data.eval else None,
                             after_optimizer_step=method.after_optimizer_step, progress=progress,
                             param_groups=method.param_groups, loss_weight=stage.loss_weight, runtime=runtime)
@@ -299,21 +301,6 @@ def _asking(docs: Documentation | None, recipe: Recipe, tokenizer) -> Callable[[
         return None
     return lambda messages: docs.for_prompt(messages, tokenizer, recipe.data.template, recipe.train.max_length,
                                             recipe.eval.max_new_tokens)
-
-
-def _estimate_before(recipe: Recipe, config, stage, data, say: Callable[[str], None]) -> dict | None:
-    """The memory estimate (guide/estimate.py) from the recipe and the tokenized data; never fails."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            seq, frac = feature_stats(data.train, recipe.train.batch_size)
-            est = estimate_recipe(recipe, config, seq_len=min(seq or recipe.train.max_length, recipe.train.max_length),
-                                  label_fraction=frac, head=stage.head_name,
-                                  num_labels=len(data.labels) if data.labels else None)
-        say(f"estimated peak memory: {est.total_mb:,.0f} MB")
-        return est.as_dict()
-    except Exception as exc:  # an estimate must never stop training
-        say(f"[dim]memory estimate unavailable: {type(exc).__name__}: {exc}")
-        return None
 
 
 def evaluate_only(recipe: Recipe, stage, model, tokenizer, data, run_dir: Path, model_path: Path,

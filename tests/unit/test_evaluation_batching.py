@@ -161,8 +161,8 @@ def test_allocator_settings_read_back_from_malloc():
 
 
 def test_fit_scopes_the_training_setting(tiny_model_dir, tmp_path, monkeypatch):
-    """The mmap threshold in force (as last given to mallopt) in training steps, in evaluation
-    during training and after fit."""
+    """train.cpu_heap release: the mmap threshold in force (as last given to mallopt) in training
+    steps, in evaluation during training and after fit."""
     if allocator._libc() is None:
         pytest.skip("glibc malloc")
     current = []
@@ -185,7 +185,8 @@ def test_fit_scopes_the_training_setting(tiny_model_dir, tmp_path, monkeypatch):
         seen.append(("eval", current[-1]))
         return {"loss": 0.0}
 
-    cfg = TrainSection(batch_size=4, max_steps=3, eval_steps=1, logging_steps=1, precision="fp32", save_steps=100)
+    cfg = TrainSection(batch_size=4, max_steps=3, eval_steps=1, logging_steps=1, precision="fp32", save_steps=100,
+                       cpu_heap="release")
     try:
         Engine(model, feats, cfg, tmp_path, lambda fs, generator=None: pad_batch(fs, 0), loss, evaluate,
                progress=False).fit()

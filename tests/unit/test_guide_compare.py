@@ -68,12 +68,12 @@ def test_compare_table_charts_and_resume(tmp_path, base_raw):
 
 
 def test_compare_stages_and_estimate_failure_does_not_break_training(tmp_path, base_raw, monkeypatch):
-    import leantune.pipeline as pipeline
+    import leantune.guide.estimate as guide_estimate
 
     def boom(*a, **k):
         raise RuntimeError("estimator broke")
 
-    monkeypatch.setattr(pipeline, "estimate_recipe", boom)  # the name the pipeline calls
+    monkeypatch.setattr(guide_estimate, "estimate_recipe", boom)  # the name the pipeline's estimate calls
     result = compare(base_raw, stages=["sft"], out_dir=tmp_path / "st", isolate=False)
     row = result.rows[0]
     assert row["status"] == "trained" and row["estimate_mb"] is None

@@ -158,7 +158,7 @@ def test_heap_term_counts_small_saved_tensors_under_autocast(monkeypatch):
     assert measured == pytest.approx(predicted, rel=0.06)
     monkeypatch.setattr(engine, "MMAP_THRESHOLD_BYTES", threshold)
     setting = dict(method=[{"name": "lora", "r": 4, "targets": "all-linear"}], batch_size=b, seq_len=seq,
-                   device="cpu")
+                   device="cpu", cpu_heap="release")
     mixed = estimate(shape, Setting(**setting, precision="mixed"))
     assert mixed.components["heap"] == pytest.approx(HEAP_RETAINED * predicted)
     # the term scales with the tokens while the tensors stay under the threshold; none above it
@@ -249,7 +249,7 @@ def test_full_components_by_hand_cpu(llama):
 
 
 def test_cpu_peak_after_backward_and_cuda_sum(llama):
-    tiny = dict(method=[{"name": "full"}], batch_size=1, seq_len=2, overhead_mb=0)
+    tiny = dict(method=[{"name": "full"}], batch_size=1, seq_len=2, overhead_mb=0, cpu_heap="release")
     cpu = estimate(llama, Setting(**tiny, device="cpu"))
     P = llama.params
     assert cpu.components["gradients"] == 4 * P
@@ -338,7 +338,12 @@ def test_units_and_verdict(llama):
     assert verdict(e, e.total * 2) == "fits" and verdict(e, e.total * 1.1) == "tight"
     assert verdict(e, e.total / 2) == "does not fit"
     tips = suggestions(llama, Setting(method=[{"name": "full"}], batch_size=8, seq_len=64), 1)
-    assert tips and tips[0].startswith("train.gradient_checkpointing")
+    # on a CPU first what keeps the training the same, then gradient checkpointing; each lowers the estimate
+    assert [t.split(":")[0] for t in tips[:2]] == ["train.cpu_heap=release", "train.gradient_checkpointing=true"]
+    released = Setting(method=[{"name": "full"}], batch_size=8, seq_len=64, cpu_heap="release")
+    assert estimate(llama, released).total < estimate(llama, Setting(method=[{"name": "full"}], batch_size=8,
+                                                                     seq_len=64)).total
+    assert suggestions(llama, released, 1)[0].startswith("train.gradient_checkpointing")
 
 
 def test_cli_estimate(tmp_path):

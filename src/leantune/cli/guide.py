@@ -51,6 +51,8 @@ def estimate(
         grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Gradient accumulation steps."),
         seq_len: int = typer.Option(512, "--seq-len", "--max-length", "-s", min=1, help="Tokens per sequence (the recipe's train.max_length)."),
         checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing"),
+        cpu_heap: str = typer.Option("reuse", "--cpu-heap", help="CPU: reuse (the default, faster) or release "
+                                                                 "(freed activations back to the OS: train.cpu_heap)."),
         label_fraction: float = typer.Option(1.0, "--label-fraction", min=0.0, max=1.0,
                                              help="Share of positions with labels (logits are computed there only)."),
         head: Optional[str] = typer.Option(None, "--head", help="causal_lm, seq_cls, masked_lm, seq2seq."),
@@ -81,6 +83,8 @@ def estimate(
 
     if model is None and not (layers and hidden and heads):
         raise LeantuneError("estimate: give a model, or raw numbers --layers --hidden --heads (--params --vocab)")
+    if cpu_heap not in ("reuse", "release"):
+        raise LeantuneError(f"estimate --cpu-heap {cpu_heap!r}: use reuse or release")
     try:
         card = find_gpu(gpu) if gpu else None
         multi = card is not None or gpus > 1 or strategy != "ddp" or offload != "none"
@@ -91,7 +95,7 @@ def estimate(
         setting = Setting(method=[{"name": n} for n in method.split("+")], precision=precision, quant=quant,
                           double_quant=double_quant, optimizer=optimizer, batch_size=batch_size, seq_len=seq_len,
                           grad_accum=grad_accum, gradient_checkpointing=checkpointing, label_fraction=label_fraction,
-                          head=head, device=device, gpus=gpus, strategy=strategy, offload=offload,
+                          head=head, device=device, gpus=gpus, strategy=strategy, offload=offload, cpu_heap=cpu_heap,
                           weight_dtype=card.half if card and precision == "auto" else None)
         est = run_estimate(shape, setting)
         limit = parse_size(budget) if budget else card.usable_bytes if card else parse_size("24GB")

@@ -10,6 +10,9 @@ from .model_shape import ModelShape
 # as much free as it has in use: 291 MB free beside 272 MB of such tensors, SmolLM2 LoRA bf16, batch 8 × 94);
 # fitted with BF16_KERNELS_MB (peak_memory.py) on benchmarks/estimate_accuracy.py's 12 cases.
 HEAP_RETAINED = 1.15
+# train.cpu_heap reuse (glibc's dynamic mmap threshold): free heap memory kept per byte of a step's transient
+# memory; fitted on benchmarks/estimate_accuracy.py's 12 cases (24 steps over batches of varying length).
+HEAP_REUSED = 1.0
 
 def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
                                attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
@@ -101,6 +104,22 @@ def heap_retained_bytes(tensors: list[tuple[float, float]], threshold: float) ->
     12 cases of ``benchmarks/estimate_accuracy.py`` (fp32 and bf16 autocast).
     """
     return HEAP_RETAINED * sum(size * n for size, n in tensors if size < threshold)
+
+
+def reused_heap_bytes(transient: float, kept: list[tuple[float, float]], ceiling: float) -> float:
+    """What glibc's heap keeps free beside the live tensors under ``train.cpu_heap: reuse``.
+
+    glibc raises its mmap threshold to the size of each large block freed, up to ``ceiling``
+    (32 MiB), so after the first steps a step's activations, logits and their gradients come from
+    the heap and go back to it; batches of changing length leave holes the next step's tensors fit
+    only in part, and the heap holds about a step's transient memory free beside the step in
+    flight (SmolLM2 LoRA, 24 steps, fp32: 1.22 GB free beside 1.14 GB of activations, logits and
+    small-tensor holes; bf16 autocast: 1.09 GB beside 1.07 GB). Saved tensors (``kept``: bytes of
+    one, count) of ``ceiling`` or more are always mapped and returned. ``HEAP_REUSED`` × the rest
+    of ``transient``.
+    """
+    mapped = sum(size * n for size, n in kept if size >= ceiling)
+    return HEAP_REUSED * max(transient - mapped, 0.0)
 
 
 def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool,

@@ -7,12 +7,13 @@ The arithmetic, its components and its calibration: ``peak_memory.py``; paramete
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import torch
 
 from ..stages.registry import get_stage_class, half_weights_on_cpu
-from ..training.device import cpu_has_native_bf16
-from .model_shape import load_shape, shape_from_config
+from ..training.device import available_ram_bytes, cpu_has_native_bf16
+from .model_shape import MB, load_shape, shape_from_config
 from .peak_memory import Estimate, Setting, estimate
 
 
@@ -62,6 +63,7 @@ def setting_from_recipe(recipe, *, device: str | None = None, label_fraction: fl
         seq_len=seq_len or recipe.train.max_length, gradient_checkpointing=recipe.train.gradient_checkpointing,
         label_fraction=1.0 if label_fraction is None else label_fraction, head=head,
         num_labels=num_labels or 2, device=device,
+        cpu_heap="release" if recipe.train.cpu_heap == "release" else "reuse",
     )
 
 
@@ -71,6 +73,47 @@ def estimate_recipe(recipe, config=None, **kw) -> Estimate:
     shape = shape_from_config(config, recipe.model.name, head) if config is not None \
         else load_shape(recipe.model.name, head)
     return estimate(shape, setting_from_recipe(recipe, **kw))
+
+
+# train.cpu_heap auto: release when reuse's estimate exceeds this share of the RAM available
+RAM_SHARE = 0.9
+
+
+def choose_cpu_heap(reuse: Estimate, release: Estimate, available_bytes: int | None, processes: int = 1) -> str:
+    """``train.cpu_heap: auto`` for a CPU run: ``reuse`` (the faster), or ``release`` when ``processes``
+    runs of reuse's estimate would take more than ``RAM_SHARE`` of the RAM available and release's
+    estimate is lower. Unknown RAM: reuse."""
+    if available_bytes is None or reuse.total * processes <= RAM_SHARE * available_bytes:
+        return "reuse"
+    return "release" if release.total < reuse.total else "reuse"
+
+
+def estimate_before_training(recipe, config, features: list[dict], head: str, num_labels: int | None,
+                             device_type: str, processes: int, say: Callable[[str], None]) -> tuple[dict | None, Any]:
+    """The pipeline's estimate from the recipe and the tokenized training ``features``, and the recipe
+    to train with: ``train.cpu_heap: auto`` resolved on a CPU (:func:`choose_cpu_heap`; ``processes``
+    on this machine). Never fails: an estimate must never stop training."""
+    auto = recipe.train.cpu_heap == "auto" and device_type == "cpu"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            seq, frac = feature_stats(features, recipe.train.batch_size)
+            kw = dict(seq_len=min(seq or recipe.train.max_length, recipe.train.max_length), label_fraction=frac,
+                      head=head, num_labels=num_labels)
+            est = estimate_recipe(recipe, config, **kw)
+            if auto:
+                lean = recipe.model_copy(update={"train": recipe.train.model_copy(update={"cpu_heap": "release"})})
+                release, available = estimate_recipe(lean, config, **kw), available_ram_bytes()
+                if choose_cpu_heap(est, release, available, processes) == "release":
+                    say(f"[yellow]train.cpu_heap auto → release: the estimate with reuse, {est.total_mb:,.0f} MB "
+                        f"per process × {processes}, is over {RAM_SHARE:.0%} of the {available / MB:,.0f} MB of "
+                        f"RAM available; freed activations go back to the OS ({release.total_mb:,.0f} MB, slower "
+                        f"steps; train.cpu_heap: reuse keeps the speed)")
+                    recipe, est = lean, release
+        say(f"estimated peak memory: {est.total_mb:,.0f} MB")
+        return est.as_dict(), recipe
+    except Exception as exc:
+        say(f"[dim]memory estimate unavailable: {type(exc).__name__}: {exc}")
+        return None, recipe
 
 
 def feature_stats(features: list[dict], batch_size: int) -> tuple[int, float]:

@@ -70,9 +70,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from ..training import engine  # its mmap threshold, read when estimating
+from ..training.allocator import DYNAMIC_MMAP_THRESHOLD_MAX
 from ..training.losses import TILE_ELEMENTS
 from .activations import (
     heap_retained_bytes,
+    reused_heap_bytes,
     saved_tensors_per_layer,
     top_activation_bytes,
     weight_copy_sizes,
@@ -125,6 +127,7 @@ class Setting:
     gpus: int = 1                    # data-parallel processes, one GPU each
     strategy: str = "ddp"            # ddp | zero1 | zero2 | zero3 | fsdp (sharding.py)
     offload: str = "none"            # none | optimizer | all (= cpu): to host memory (sharding.py)
+    cpu_heap: str = "reuse"          # reuse | release: what glibc does with freed activations (train.cpu_heap)
 
 
 @dataclass
@@ -277,8 +280,13 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
     grads = trainable * tb
     components = {"weights": weights, "trainable": grads, "gradients": grads, "optimizer": trainable * opt,
                   "activations": acts, "logits": logits, "overhead": overhead}
-    if cpu:  # glibc's heap keeps the holes of tensors under the engine's mmap threshold
-        components["heap"] = heap_retained_bytes(kept, engine.MMAP_THRESHOLD_BYTES)
+    if cpu:  # glibc's heap: the holes of small saved tensors (release), or a step's freed memory kept (reuse)
+        held = heap_retained_bytes(kept, engine.MMAP_THRESHOLD_BYTES)
+        components["heap"] = held if setting.cpu_heap == "release" else \
+            reused_heap_bytes(acts + logits + held, kept, DYNAMIC_MMAP_THRESHOLD_MAX)
+        if setting.cpu_heap == "reuse":
+            notes.append("train.cpu_heap reuse: glibc's heap keeps a step's freed activations for the next "
+                         "(train.cpu_heap: release lowers the peak, slower steps)")
     if cpu:  # the larger of the end of the forward and the end of the backward pass
         forward_grads = grads if setting.grad_accum > 1 else head_grad
         if forward_grads + acts + logits >= grads:
@@ -325,6 +333,8 @@ def suggestions(shape: ModelShape, setting: Setting, budget: float) -> list[str]
     """What to change so the run fits ``budget``: tried one by one, cumulative."""
     tries: list[tuple[str, dict]] = []
     names = method_names(setting.method)
+    if setting.device == "cpu" and setting.cpu_heap == "reuse":  # the same training, slower steps
+        tries.append(("train.cpu_heap=release", {"cpu_heap": "release"}))
     if not setting.gradient_checkpointing:
         tries.append(("train.gradient_checkpointing=true", {"gradient_checkpointing": True}))
     if setting.optimizer in ("adamw", "paged_adamw_32bit") and setting.device == "cuda":

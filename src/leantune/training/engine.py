@@ -67,25 +67,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# glibc: blocks at least this large are served by mmap and unmapped on free (while training).
+# glibc: blocks at least this large are served by mmap and unmapped on free (train.cpu_heap: release).
 MMAP_THRESHOLD_BYTES = TRAINING_MMAP_THRESHOLD
 
 
-def return_freed_memory_to_os(device: torch.device) -> bool:
-    """On Linux (glibc) CPU training, give freed activations back to the OS instead of hoarding them.
+def return_freed_memory_to_os(device: torch.device, cpu_heap: str) -> bool:
+    """``train.cpu_heap: release`` on Linux (glibc) CPU training: freed activations go back to the OS.
 
-    glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, so
-    afterwards activations come from its heap, which training's ever-changing tensor
-    sizes fragment: the heap keeps about as much free memory as it has in use, and
-    peak RSS sits far above the live tensors (SmolLM2-135M + LoRA, batch 8 × ≤128,
-    8 steps: 3.8 GB peak RSS with 1.5 GB in use in the heap). A fixed 1 MiB threshold
-    keeps blocks of that size and more in mmap, so the peak RSS follows the live
-    tensors (2.75 GB there). The price is page faults on fresh pages, a few tenths of
-    a second of system time per step there. Numerics are untouched. Process-wide while
-    :meth:`Engine.fit` runs (evaluation in it and after it: ``allocator.py``). Returns
-    whether the setting was applied.
+    By default (``reuse``; ``auto`` unless the pipeline found the run too large for the RAM)
+    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed, so
+    activations come from its heap and are reused step after step; training's ever-changing
+    tensor sizes fragment it, and the heap keeps free memory beside what is in use (SmolLM2-135M
+    + LoRA, batch 8 × ≤128: peak RSS 3.86 GB after 75 steps). A fixed 1 MiB threshold keeps
+    blocks of that size and more in mmap, so the peak RSS follows the live tensors (3.04 GB
+    there). The price is page faults on fresh pages: 3-4% of the step on one machine, 12-32% on
+    a VM that reports free pages to its host (``docs/benchmarks.md``). Numerics are untouched.
+    Process-wide while :meth:`Engine.fit` runs (evaluation in it and after it:
+    ``allocator.py``). Returns whether the setting was applied.
     """
-    return device.type == "cpu" and training_setting()
+    return device.type == "cpu" and cpu_heap == "release" and training_setting()
 
 
 # Length grouping: windows of at most WINDOW_BATCHES batches, and at least MIN_WINDOWS windows per epoch.
@@ -245,7 +245,7 @@ class Engine:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
-        self.small_mmap = return_freed_memory_to_os(self.device)
+        self.small_mmap = return_freed_memory_to_os(self.device, self.cfg.cpu_heap)
         self.compiled: CompiledBlocks | None = None  # train.compile
         try:
             return self._fit(resume)

@@ -52,6 +52,11 @@ class Runtime:
         return self.world_size > 1
 
     @property
+    def local_processes(self) -> int:
+        """This machine's processes of the run (torchrun and accelerate set ``LOCAL_WORLD_SIZE``)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size) or self.world_size)
+
+    @property
     def sharded(self) -> bool:
         """Parameters are split over processes: every process must take part in each forward."""
         return self.strategy in ("fsdp", "deepspeed")
