@@ -24,20 +24,19 @@ Llama 3.1 table as of commit 0031bfb, the PEFT README's table, and the recipe co
 row's conditions, read from stored copies of those repositories), not re-measured.
 
     .venv/bin/python benchmarks/estimate_accuracy.py            # full run: 6 cases × each precision × 2 seeds
-    .venv/bin/python benchmarks/estimate_accuracy.py --quick    # 1 seed, 4 examples, batch 4, max length 64: ~4 min
+    .venv/bin/python benchmarks/estimate_accuracy.py --quick    # 1 seed, 16 examples, batch 4, max length 64, 8 steps
     .venv/bin/python benchmarks/estimate_accuracy.py --only minilm-l6/lora --only minilm-l6/full --update
         # re-measure those cases and replace their rows in the existing --out file (listed under "updates")
     .venv/bin/python benchmarks/estimate_accuracy.py --published    # part 2 only: seconds, updates the JSON
     .venv/bin/python benchmarks/estimate_accuracy.py --only smollm2-135m/lora/bf16 --precision bf16
         # a case is model/method (every precision) or model/method/precision
 
-Sizes: 8 examples, batch 8 (one batch per epoch), max length 128, 2 optimizer steps: the
-second step runs the same longest batch (the one the estimate sizes) once the optimizer
-states exist, which is where the peak is. Timing, measured at 1 thread on a busy shared
-core: 60–95 s per SmolLM2 process and 40–50 s per MiniLM process (start, load, 2 steps,
-save), 13 min for the 12 processes of fp32 alone; on 2 idle cores (2 threads) 1.5–2× faster.
-On a Xeon with AMX (2026-12-02, 1 thread): 13–20 s per SmolLM2 process, 7–9 s per MiniLM
-process, 5 min for the 24 processes of fp32 and bf16 autocast.
+Sizes: 96 examples, batch 8 (12 length-grouped batches of varying length per epoch), max length
+128, 24 optimizer steps (two epochs): each epoch runs the longest batch (the one the estimate
+sizes), and under ``train.cpu_heap: reuse`` (the default) glibc's heap settles only after several
+steps over changing shapes (2 steps of one batch shape showed 0.2–1.0 GB less of it). ``--quick``:
+16 examples, batch 4, max length 64, 8 steps. Timing on a Xeon with AMX (2026-12-04, 1 thread):
+see ``total_wall_s`` in the JSON.
 Peak RSS does not depend on the thread count beyond a few MB of per-thread buffers.
 """
 from __future__ import annotations
@@ -64,8 +63,8 @@ DATA = {
 }
 CASES = [(m, meth) for m in ("smollm2-135m", "minilm-l6") for meth in ("full", "lora", "qlora")]
 PRECISION_NOTES = {"fp32": "fp32 weights and compute", "bf16": "fp32 weights, bf16 autocast (native bf16 CPU)"}
-FULL = {"seeds": 2, "samples": 8, "batch": 8, "max_length": 128, "steps": 2}
-QUICK = {"seeds": 1, "samples": 4, "batch": 4, "max_length": 64, "steps": 2}
+FULL = {"seeds": 2, "samples": 96, "batch": 8, "max_length": 128, "steps": 24}
+QUICK = {"seeds": 1, "samples": 16, "batch": 4, "max_length": 64, "steps": 8}
 MB = 2**20
 
 
@@ -235,7 +234,7 @@ def published_only(out: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 8 examples, batch 4, max length 64")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 16 examples, batch 4, max length 64, 8 steps")
     ap.add_argument("--only", action="append",
                     help="model/method (every --precision) or model/method/precision, repeatable (default: all six)")
     ap.add_argument("--precision", action="append", choices=sorted(PRECISION_NOTES),

@@ -71,11 +71,9 @@ def _since(start) -> dict:
 
 
 def _allocator(setting: str) -> None:
-    import torch
-
-    if setting == "training":  # the 1 MiB mmap threshold that training sets (present in every version)
-        from leantune.training.engine import return_freed_memory_to_os
-        return_freed_memory_to_os(torch.device("cpu"))
+    if setting == "training":  # the 1 MiB mmap threshold of train.cpu_heap: release
+        from leantune.training.allocator import training_setting
+        training_setting()
     elif setting == "evaluation":
         from leantune.training.allocator import evaluation_setting
         evaluation_setting()

@@ -59,7 +59,7 @@ from sft_workers import (  # noqa: E402
     SKIP_LOSS_AFTER,
     worker_floor,
     worker_leantune,
-    worker_leantune_reuse,
+    worker_leantune_release,
     worker_trl,
 )
 
@@ -116,7 +116,7 @@ def run_worker(a) -> None:
     precision, setting, method = group.split("/")
     options = SETTINGS[setting][1 if side == "trl" else 0]
     fn = {"leantune": worker_leantune, "trl": worker_trl, "floor": worker_floor,
-          "leantune-reuse": worker_leantune_reuse}[side]
+          "leantune-release": worker_leantune_release}[side]
     clock = StepClock(a.sync)
     emit(fn(method, precision, a.steps, clock, options))
 
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"smoke run: bf16, LoRA only, {QUICK_STEPS} steps "
                                                          f"({QUICK_WARMUP} warm-up), no loss after training")
     ap.add_argument("--allocator-row", action="store_true",
-                    help="also run leantune without its CPU training allocator setting (glibc's heap reuse)")
+                    help="also run leantune with train.cpu_heap: release (freed activations back to the OS)")
     ap.add_argument("--sequential", action="store_true",
                     help="run a group's workers one after the other, each alone, instead of taking turns")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -184,7 +184,7 @@ def main() -> None:
     t_all = time.perf_counter()
     for group in groups_for(precisions, settings, methods):
         names = [f"{group}:leantune", f"{group}:trl"] + ([f"{group}:floor"] if group.split("/")[1] in FLOOR else [])
-        names += [f"{group}:leantune-reuse"] if a.allocator_row else []
+        names += [f"{group}:leantune-release"] if a.allocator_row else []
         if group.split("/")[1] == "packing" and not has_packing:
             for name in names:
                 results[name] = {"skipped": "TrainSection has no packing field yet"}

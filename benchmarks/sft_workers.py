@@ -1,8 +1,8 @@
 """The workers of ``sft_throughput.py``: one process each, timing its steps with a ``StepClock``.
 
-leantune's engine, TRL's ``SFTTrainer``, the floor (``sft_floor.py``) and leantune without its
-CPU training allocator setting, on the same data: SmolLM2-135M, the 120 ChatterBot pairs,
-leantune's response-masked features.
+leantune's engine, TRL's ``SFTTrainer``, the floor (``sft_floor.py``) and leantune with
+``train.cpu_heap: release`` (freed activations returned to the OS), on the same data:
+SmolLM2-135M, the 120 ChatterBot pairs, leantune's response-masked features.
 """
 from __future__ import annotations
 
@@ -216,9 +216,6 @@ def worker_floor(method_name: str, precision: str, steps: int, clock: StepClock,
             "settings": {k: options.get(k) for k in ("gradient_checkpointing", "group_by_length")}}
 
 
-def worker_leantune_reuse(method_name: str, precision: str, steps: int, clock: StepClock, options: dict) -> dict:
-    """leantune without its CPU training allocator setting (glibc reuses its heap): what the setting costs."""
-    from leantune.training import engine
-
-    engine.return_freed_memory_to_os = lambda device: False
-    return worker_leantune(method_name, precision, steps, clock, options)
+def worker_leantune_release(method_name: str, precision: str, steps: int, clock: StepClock, options: dict) -> dict:
+    """leantune with ``train.cpu_heap: release`` (a 1 MiB mmap threshold): what the lower peak costs."""
+    return worker_leantune(method_name, precision, steps, clock, {**options, "cpu_heap": "release"})

@@ -10,7 +10,7 @@ import pytest
 from transformers import LlamaConfig
 
 import leantune.guide.estimate as guide_estimate
-from leantune.guide.activations import HEAP_REUSED, heap_retained_bytes
+from leantune.guide.activations import HEAP_REUSED, heap_gradient_bytes, heap_retained_bytes, reused_heap_bytes
 from leantune.guide.estimate import RAM_SHARE, choose_cpu_heap
 from leantune.guide.model_shape import MB, shape_from_config
 from leantune.guide.peak_memory import Estimate, Setting, estimate
@@ -37,19 +37,38 @@ def test_estimate_counts_each_regime_heap():
     cfg = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2)
     shape = shape_from_config(cfg)
-    base = dict(method=[{"name": "lora", "r": 4, "targets": "all-linear"}], batch_size=8, seq_len=128, device="cpu")
-    for precision in ("fp32", "mixed"):
-        release = estimate(shape, Setting(**base, precision=precision, cpu_heap="release"))
-        reuse = estimate(shape, Setting(**base, precision=precision))
-        # everything but the heap is the same; reuse's heap keeps a step's transient memory
+    for method, precision in (("lora", "fp32"), ("lora", "mixed"), ("full", "fp32")):
+        base = dict(method=[{"name": method, "r": 4, "targets": "all-linear"}], batch_size=8, seq_len=128,
+                    device="cpu", precision=precision)
+        release = estimate(shape, Setting(**base, cpu_heap="release"))
+        reuse = estimate(shape, Setting(**base))
+        # everything but the heap is the same; reuse's heap keeps a step's transient memory, less the
+        # parameters' gradients (all under 32 MiB here) whose holes the next forward fills first
         assert {k: v for k, v in reuse.components.items() if k != "heap"} == \
             {k: v for k, v in release.components.items() if k != "heap"}
         c = release.components
         transient = c["activations"] + c["logits"] + c["heap"]
-        assert reuse.components["heap"] == pytest.approx(HEAP_REUSED * transient)
+        assert reuse.components["heap"] == pytest.approx(HEAP_REUSED * (transient - c["trainable"]))
         assert reuse.total > release.total and any("cpu_heap" in n for n in reuse.notes)
     # release's heap: the holes of the small saved tensors only; none when nothing is under the threshold
     assert heap_retained_bytes([(engine.MMAP_THRESHOLD_BYTES, 10.0)], engine.MMAP_THRESHOLD_BYTES) == 0
+
+
+def test_mapped_tensors_are_not_kept_in_the_reused_heap():
+    """Tensors of 32 MiB or more are always mapped by glibc: neither saved activations nor trained
+    weights' gradients of that size count in the reused heap."""
+    ceiling = 32 << 20
+    kept = [(ceiling, 3.0), (ceiling - 1, 2.0)]  # 3 mapped, 2 from the heap
+    transient = 3 * ceiling + 2 * (ceiling - 1)
+    assert reused_heap_bytes(transient, kept, ceiling) == pytest.approx(HEAP_REUSED * 2 * (ceiling - 1))
+    assert reused_heap_bytes(transient, kept, ceiling, refilled=transient) == 0
+    big = shape_from_config(LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=8192,
+                                        num_hidden_layers=2, num_attention_heads=8))
+    embedding = 32000 * 1024 * 4  # 125 MiB: mapped; the MLP's 1024 × 8192 × 4 = 32 MiB weights: mapped
+    mlp = 3 * 2 * 1024 * 8192 * 4
+    grads = 10 * embedding
+    assert heap_gradient_bytes(big, grads, 4, True, ceiling) == grads - embedding - mlp
+    assert heap_gradient_bytes(big, grads, 4, False, ceiling) == grads  # adapters' gradients: small tensors
 
 
 @pytest.fixture()

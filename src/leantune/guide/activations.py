@@ -11,8 +11,10 @@ from .model_shape import ModelShape
 # fitted with BF16_KERNELS_MB (peak_memory.py) on benchmarks/estimate_accuracy.py's 12 cases.
 HEAP_RETAINED = 1.15
 # train.cpu_heap reuse (glibc's dynamic mmap threshold): free heap memory kept per byte of a step's transient
-# memory; fitted on benchmarks/estimate_accuracy.py's 12 cases (24 steps over batches of varying length).
-HEAP_REUSED = 1.0
+# memory (reused_heap_bytes); fitted on four 24-step runs over batches of varying length (SmolLM2 LoRA fp32
+# and bf16 autocast, SmolLM2 and MiniLM full fp32: 0.96, 0.83, 0.44, 0.77 of it measured), checked on
+# benchmarks/estimate_accuracy.py's 12 cases.
+HEAP_REUSED = 0.8
 
 def activation_bytes_per_layer(s: ModelShape, tokens: int, seq: int, precision: str = "fp32", device: str = "cpu",
                                attention: str = "sdpa", train_norms: bool = False, adapters: bool = False,
@@ -106,20 +108,35 @@ def heap_retained_bytes(tensors: list[tuple[float, float]], threshold: float) ->
     return HEAP_RETAINED * sum(size * n for size, n in tensors if size < threshold)
 
 
-def reused_heap_bytes(transient: float, kept: list[tuple[float, float]], ceiling: float) -> float:
+def reused_heap_bytes(transient: float, kept: list[tuple[float, float]], ceiling: float,
+                      refilled: float = 0.0) -> float:
     """What glibc's heap keeps free beside the live tensors under ``train.cpu_heap: reuse``.
 
     glibc raises its mmap threshold to the size of each large block freed, up to ``ceiling``
     (32 MiB), so after the first steps a step's activations, logits and their gradients come from
     the heap and go back to it; batches of changing length leave holes the next step's tensors fit
-    only in part, and the heap holds about a step's transient memory free beside the step in
-    flight (SmolLM2 LoRA, 24 steps, fp32: 1.22 GB free beside 1.14 GB of activations, logits and
-    small-tensor holes; bf16 autocast: 1.09 GB beside 1.07 GB). Saved tensors (``kept``: bytes of
-    one, count) of ``ceiling`` or more are always mapped and returned. ``HEAP_REUSED`` × the rest
-    of ``transient``.
+    only in part, and the heap holds much of a step's ``transient`` memory free beside the step in
+    flight (SmolLM2 LoRA, 24 steps over batches of varying length, fp32: 1.22 GB free beside
+    1.14 GB of activations, logits and small-tensor holes). Saved tensors (``kept``: bytes of one,
+    count) of ``ceiling`` or more are always mapped and returned; the parameters' gradients in the
+    heap (``refilled``), freed after each optimizer step, are the first holes the next forward
+    fills (full fine-tuning: 0.52 GB free beside 1.37 GB). ``HEAP_REUSED`` × what remains.
     """
     mapped = sum(size * n for size, n in kept if size >= ceiling)
-    return HEAP_REUSED * max(transient - mapped, 0.0)
+    return HEAP_REUSED * max(transient - mapped - refilled, 0.0)
+
+
+def heap_gradient_bytes(s: ModelShape, gradients: float, element: int, base_trained: bool, ceiling: float) -> float:
+    """The parameters' gradients glibc serves from its heap: all of them, but for trained base weights
+    those of ``ceiling`` bytes or more (the embedding matrix, large block weights), which are mapped."""
+    if not base_trained:
+        return gradients
+    embedding = s.vocab * s.hidden * element
+    mapped = embedding if embedding >= ceiling else 0.0
+    for size, n in weight_copy_sizes(s):  # half-precision copy sizes: the weights' shapes
+        if size / 2 * element >= ceiling:
+            mapped += size / 2 * element * n * s.layers
+    return max(gradients - mapped, 0.0)
 
 
 def top_activation_bytes(s: ModelShape, tokens: int, precision: str, device: str, train_norms: bool,

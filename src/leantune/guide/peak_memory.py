@@ -73,6 +73,7 @@ from ..training import engine  # its mmap threshold, read when estimating
 from ..training.allocator import DYNAMIC_MMAP_THRESHOLD_MAX
 from ..training.losses import TILE_ELEMENTS
 from .activations import (
+    heap_gradient_bytes,
     heap_retained_bytes,
     reused_heap_bytes,
     saved_tensors_per_layer,
@@ -282,8 +283,9 @@ def estimate(shape: ModelShape, setting: Setting) -> Estimate:
                   "activations": acts, "logits": logits, "overhead": overhead}
     if cpu:  # glibc's heap: the holes of small saved tensors (release), or a step's freed memory kept (reuse)
         held = heap_retained_bytes(kept, engine.MMAP_THRESHOLD_BYTES)
-        components["heap"] = held if setting.cpu_heap == "release" else \
-            reused_heap_bytes(acts + logits + held, kept, DYNAMIC_MMAP_THRESHOLD_MAX)
+        ceiling = DYNAMIC_MMAP_THRESHOLD_MAX
+        components["heap"] = held if setting.cpu_heap == "release" else reused_heap_bytes(
+            acts + logits + held, kept, ceiling, heap_gradient_bytes(shape, grads, tb, base_trained, ceiling))
         if setting.cpu_heap == "reuse":
             notes.append("train.cpu_heap reuse: glibc's heap keeps a step's freed activations for the next "
                          "(train.cpu_heap: release lowers the peak, slower steps)")
