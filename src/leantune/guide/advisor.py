@@ -284,7 +284,8 @@ def why_not(approach: str, s: Situation) -> str:
 
 
 def memory_for(approach: str, situation: Situation) -> float | None:
-    """Estimated peak bytes of the approach's recipe (ICL: none, no training state)."""
+    """Estimated peak bytes of the approach's recipe (ICL: none, no training state); on a CPU with
+    ``train.cpu_heap: release``, what ``auto`` falls back to when the faster reuse would not fit."""
     method = {"pet": "lora", "self_training": "lora", "continued_pretraining": "lora", "dpo": "lora",
               "llrd": "full"}.get(approach, approach)
     model = model_for(approach, situation)
@@ -294,7 +295,8 @@ def memory_for(approach: str, situation: Situation) -> float | None:
         shape = load_shape(model)
         head = "seq_cls" if situation.is_cls and approach not in ("pet", "self_training") else None
         est = estimate(shape, Setting(method=[{"name": method}], batch_size=8, seq_len=256,
-                                      label_fraction=0.5 if not situation.is_cls else 1.0, head=head))
+                                      label_fraction=0.5 if not situation.is_cls else 1.0, head=head,
+                                      cpu_heap="release"))
         return est.total
     except Exception:
         return None

@@ -122,7 +122,7 @@ class TrainSection(Section):
                             "(fastest; peak RAM about a quarter above the live tensors), release gives blocks of 1 MiB "
                             "and more back to the OS when freed (peak RAM follows the live tensors; steps 5-30% "
                             "slower, most on VMs). auto: reuse, or release when the memory estimate with reuse "
-                            "exceeds 90% of the RAM available.")
+                            "exceeds 75% of the RAM available.")
     compile: bool = Field(False, description="Compile each layer with torch.compile (regional compilation), once for "
                           "all layers: faster steps after a compile of about a minute or two before the first "
                           "(docs/benchmarks.md); on a CPU it needs a C++ compiler.")
