@@ -31,10 +31,11 @@ The estimate is a sum of components (bytes) at the moment of the peak:
   PEFT, the tokenizer and the data, measured at 564–605 MB RSS in ``pipeline.train``
   (``benchmarks/estimate_accuracy.py``); under bf16 autocast plus oneDNN's bf16 kernels and
   caches (``BF16_KERNELS_MB``). CUDA: the CUDA context and allocator slack;
-* ``heap`` (CPU): free memory glibc's heap keeps beside the saved tensors smaller than the
-  engine's 1 MiB mmap threshold (:func:`heap_retained_bytes`). Small in fp32 (SmolLM2's K/V);
-  under bf16 autocast half-size tensors fall under the threshold (SmolLM2 LoRA: 267 MB of
-  them, 306 MB retained).
+* ``heap`` (CPU): free memory glibc's heap keeps beside the live tensors, by ``train.cpu_heap``
+  (``Setting.cpu_heap``). reuse, the default: most of a step's transient memory, which batches of
+  changing length leave in holes (:func:`reused_heap_bytes`); release (the engine's 1 MiB mmap
+  threshold): the holes of saved tensors under 1 MiB (:func:`heap_retained_bytes`), small in fp32,
+  large under bf16 autocast, whose half-size tensors fall under the threshold.
 
 When the peak happens: leantune's engine releases gradients after each optimizer step
 (``zero_grad(set_to_none=True)``), so on CPU (calibrated against peak RSS) the estimate
@@ -44,10 +45,10 @@ during the forward, or all of them under gradient accumulation) and the end of t
 backward pass (all gradients, activations freed). On CUDA the estimate keeps the
 standard sum of all components, the convention of published memory tables.
 
-Not modelled: heap growth when batch shapes vary (each new, longer shape leaves holes the
-next cannot reuse, and oneDNN caches kernels per shape: under bf16 autocast the heap grew
-through the whole 96-step demo, 33 distinct lengths, to 3.9 GB peak RSS against 2.55 GB
-estimated, see docs/guidance.md), the tokenized
+Not modelled: under release, heap growth when batch shapes vary (oneDNN caches kernels per
+shape, and each new, longer shape leaves holes: under bf16 autocast the 96-step demo reached
+3.9 GB peak RSS against 2.55 GB estimated, see docs/guidance.md); under reuse, QLoRA's fp32
+de-quantized weights between the activations (SmolLM2 QLoRA fp32: −25 %), the tokenized
 dataset held as Python lists (about 90 B per token), and activation memory of methods that
 change the forward pass (adapters, prefixes) beyond the base model's.
 

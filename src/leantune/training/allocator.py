@@ -1,7 +1,9 @@
-"""glibc malloc settings: one for CPU training, one for everything else (evaluation).
+"""glibc malloc settings: one for CPU training under ``train.cpu_heap: release``, one for
+everything else (evaluation).
 
-Training sets a fixed 1 MiB mmap threshold (``engine.return_freed_memory_to_os``) so that
-its peak RSS follows the live tensors. Outside training that setting is costly: every
+Training under ``release`` sets a fixed 1 MiB mmap threshold (``engine.return_freed_memory_to_os``)
+so that its peak RSS follows the live tensors (``reuse``, the default, leaves glibc's dynamic
+threshold alone). Outside training that setting is costly: every
 block of 1 MiB or more is a fresh mapping, faulted in page by page (a PET evaluation of
 2,189 posts with MiniLM: 66 million minor faults). glibc cannot switch its dynamic
 threshold back on, so :func:`evaluation_setting` fixes the threshold at the dynamic
