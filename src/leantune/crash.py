@@ -23,6 +23,7 @@ USER_ERROR = 2
 INTERRUPTED = 130
 
 _OOM_NAMES = {"OutOfMemoryError", "MemoryError"}
+_CPU_OOM = "can't allocate memory"  # torch's DefaultCPUAllocator raises a plain RuntimeError
 
 
 def crash_dir() -> Path:
@@ -59,10 +60,11 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", INTERRUPTED
-    if type(exc).__name__ in _OOM_NAMES:
+    if type(exc).__name__ in _OOM_NAMES or (isinstance(exc, RuntimeError) and _CPU_OOM in str(exc)):
         return (f"out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); lower "
-                f"train.batch_size or train.max_length, turn on train.gradient_checkpointing, or choose a method "
-                f"with fewer trainable parameters (`leantune estimate` tells what fits)"), USER_ERROR
+                f"train.batch_size or train.max_length, turn on train.gradient_checkpointing (on a CPU also "
+                f"train.cpu_heap: release), or choose a method with fewer trainable parameters (`leantune "
+                f"estimate` tells what fits)"), USER_ERROR
     if isinstance(exc, OSError) and exc.errno is not None:
         return _os_message(exc), USER_ERROR
     saved = save_traceback(exc)

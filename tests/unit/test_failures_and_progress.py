@@ -41,6 +41,9 @@ def test_what_the_machine_refuses_is_a_user_error():
     assert code == 2 and message.startswith("/data/out: No space left on device") and "disk is full" in message
     message, code = describe(type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"))
     assert code == 2 and "batch_size" in message
+    message, code = describe(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                          "8589934592 bytes. Error code 12 (Cannot allocate memory)"))
+    assert code == 2 and message.startswith("out of memory (DefaultCPUAllocator") and "train.cpu_heap" in message
     assert describe(KeyboardInterrupt()) == ("interrupted", 130)
 
 
