@@ -82,7 +82,7 @@ SETTINGS = {
                    ("lora",), "equal-B, both compiled"),
     "packing": ({"gradient_checkpointing": True, "group_by_length": False, "packing": True},
                 {"gradient_checkpointing": True, "packing": True},
-                ("lora",), "checkpointing, packed rows (TRL: packing + padding_free)"),
+                ("lora", "full"), "checkpointing, packed rows (TRL: packing + padding_free)"),
 }
 # settings that also run the floor (sft_floor.py: the bare PyTorch step, the bound on any trainer's speed)
 FLOOR = ("equal-A", "equal-B")
