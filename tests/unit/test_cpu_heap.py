@@ -87,7 +87,7 @@ def test_pipeline_resolves_auto_from_the_ram_available(sft_raw, monkeypatch, ram
     import leantune.pipeline as pipeline
 
     if allocator._libc() is None:
-        pytest.skip("glibc malloc")
+        pytest.skip("needs glibc malloc (mallopt), which non-Linux platforms lack")
     thresholds = []
     real = allocator._set
     monkeypatch.setattr(allocator, "_set", lambda mmap, trim: thresholds.append(mmap) or real(mmap, trim))
